@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+PRESET_DIR = Path(__file__).parent / "model_configs"
 
 
 @dataclass
@@ -70,8 +71,7 @@ class ModelConfig:
 
 def list_presets() -> list[str]:
     """Names of the architectures shipped in ``softclip/model_configs``."""
-    folder = resources.files("softclip") / "model_configs"
-    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
 def load_config(name_or_path: str | Path | dict | ModelConfig) -> ModelConfig:
@@ -83,7 +83,7 @@ def load_config(name_or_path: str | Path | dict | ModelConfig) -> ModelConfig:
     path = Path(name_or_path)
     if path.suffix == ".json" and path.is_file():
         return ModelConfig.from_dict(json.loads(path.read_text()))
-    preset = resources.files("softclip") / "model_configs" / f"{name_or_path}.json"
+    preset = PRESET_DIR / f"{name_or_path}.json"
     if not preset.is_file():
         raise ValueError(f"unknown model {str(name_or_path)!r}; presets: {', '.join(list_presets())}")
     return ModelConfig.from_dict(json.loads(preset.read_text()))

@@ -62,7 +62,9 @@ class TorchEncoder:
     @torch.no_grad()
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         chunks = [
-            self.model.encode_image(torch.from_numpy(np.ascontiguousarray(pixels[i : i + self.batch_size])).to(self.device))
+            self.model.encode_image(
+                torch.from_numpy(np.ascontiguousarray(pixels[i : i + self.batch_size])).to(self.device)
+            )
             for i in range(0, len(pixels), self.batch_size)
         ]
         return _stack(chunks, self.embed_dim)
@@ -70,7 +72,9 @@ class TorchEncoder:
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         chunks = [
-            self.model.encode_text(self.tokenizer(list(texts[i : i + self.batch_size]), self.context_length).to(self.device))
+            self.model.encode_text(
+                self.tokenizer(list(texts[i : i + self.batch_size]), self.context_length).to(self.device)
+            )
             for i in range(0, len(texts), self.batch_size)
         ]
         return _stack(chunks, self.embed_dim)

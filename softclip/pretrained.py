@@ -81,11 +81,18 @@ def _resolve(name_or_path: str | Path) -> Path:
     try:
         return Path(snapshot_download(repo_id=str(name_or_path), allow_patterns=list(CHECKPOINT_FILES)))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        raise CheckpointError(f"could not find {name_or_path} locally, in the Hub cache or on the Hub: {error}") from error
+        raise CheckpointError(
+            f"could not find {name_or_path} locally, in the Hub cache or on the Hub: {error}"
+        ) from error
 
 
 def push_to_hub(
-    model: torch.nn.Module, repo_id: str, *, private: bool = False, commit_message: str = "Upload softclip model", api=None
+    model: torch.nn.Module,
+    repo_id: str,
+    *,
+    private: bool = False,
+    commit_message: str = "Upload softclip model",
+    api=None,
 ) -> list[str]:
     """Upload the checkpoint folder of `model` to the Hub; returns the file names uploaded."""
     from huggingface_hub import HfApi
