@@ -66,6 +66,7 @@ def _label(parser: argparse.ArgumentParser) -> None:
 def _train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny-vit", help="preset name or config JSON")
     parser.add_argument("--data", default="synth", help="synth, a CSV/TSV, WebDataset shards or a VinVL join CSV")
+    parser.add_argument("--vinvl", default=None, help="VinVL predictions.tsv to join to the --data CSV by image key")
     parser.add_argument("--out", default="runs/softclip", help="output folder (checkpoints, metrics, final model)")
     parser.add_argument("--loss", default="softclip", help="clip, label_smoothing, soft, soft_relation or softclip")
     parser.add_argument("--steps", type=int, default=500)
@@ -79,6 +80,7 @@ def _train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="data loader processes")
     parser.add_argument("--save-every", type=int, default=0, help="also checkpoint every K steps")
     parser.add_argument("--eval-every", type=int, default=0, help="evaluate every K steps (default: each epoch)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the built-in evaluation")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint file")
     parser.add_argument("--vocab-size", type=int, default=0, help="tokenizer vocabulary (default: the model's)")
     parser.add_argument("--synth-size", type=int, default=100_000, help="SynthScenes samples per epoch")
@@ -129,6 +131,7 @@ def train_config(args: argparse.Namespace):
     return TrainConfig(
         model=args.model,
         data=args.data,
+        vinvl=args.vinvl,
         out=args.out,
         loss=loss,
         steps=args.steps,
@@ -146,7 +149,28 @@ def train_config(args: argparse.Namespace):
         synth_size=args.synth_size,
         caption_noise=args.caption_noise,
         augment=not args.no_augment,
+        evaluate=not args.no_eval,
     )
+
+
+@command("synth", "write a SynthScenes split to disk as a CSV table or WebDataset shards")
+def _synth(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", help="output folder")
+    parser.add_argument("--n", type=int, default=1000, help="number of samples")
+    parser.add_argument("--seed", type=int, default=None, help="dataset seed (default: the split's)")
+    parser.add_argument("--split", default="train", choices=["train", "val", "test"])
+    parser.add_argument("--format", default="csv", choices=["csv", "wds"])
+    parser.add_argument("--caption-noise", type=float, default=0.2)
+    parser.add_argument("--image-size", type=int, default=64)
+
+    def run(args: argparse.Namespace) -> int:
+        from softclip.training.synthetic import SynthConfig, write_split
+
+        config = SynthConfig(image_size=args.image_size, caption_noise=args.caption_noise, split=args.split)
+        print(write_split(args.out, args.n, seed=args.seed, fmt=args.format, config=config))
+        return 0
+
+    parser.set_defaults(run=run)
 
 
 @command("eval", "evaluate a checkpoint or export: zero-shot, retrieval or the pointing game")

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from softclip.training.synthetic import SynthConfig, SynthScenes
 
 
-def open_dataset(data: str, seed: int = 0, synth_size: int = 100_000, caption_noise: float = 0.2, image_size: int = 64):
-    """A map-style dataset of `Sample`s with `texts(i)` (caption and tags) for tokenizer training.
+def open_dataset(
+    data: str, vinvl: str | None = None, synth_size: int = 100_000, caption_noise: float = 0.2, image_size: int = 64
+):
+    """A map-style dataset of `Sample`s (map-style so that the trainer can resume at an exact position).
 
-    The training seed does not change SynthScenes: its train split always uses the train split's seed,
-    so no seed can ever reproduce the test scenes.
+    `data` is "synth", a CSV/TSV (with `vinvl`: the captions joined to VinVL predictions.tsv by image key),
+    or WebDataset shards ("train-{000000..000099}.tar"), read with random access.
+    SynthScenes always uses its train split's seed, so no training seed can reproduce the test scenes.
     """
+    from softclip.training import data as readers
+
     if data == "synth":
         return SynthScenes(SynthConfig(caption_noise=caption_noise, image_size=image_size), length=synth_size)
-    raise ValueError(f"unknown data source {data!r}")
+    if vinvl:
+        return readers.VinvlDataset(vinvl, data)
+    if data.endswith(".tar") or "{" in data:
+        return readers.IndexedShards(data)
+    if Path(data).suffix in (".csv", ".tsv"):
+        return readers.CsvDataset(data)
+    raise ValueError(f"unknown data source {data!r}: use synth, a .csv/.tsv file or .tar WebDataset shards")
+
+
+def sample_texts(dataset, index: int) -> list[str]:
+    """The caption and tags of sample `index`; SynthScenes gives them without rendering the image."""
+    if hasattr(dataset, "texts"):
+        return dataset.texts(index)
+    sample = dataset[index]
+    return [sample.caption, sample.tags]

@@ -39,7 +39,7 @@ COLOURS = {
     "black": (10, 10, 10),
 }
 SIZES = ("small", "large")
-SIZE_RANGE = {"small": (0.16, 0.22), "large": (0.30, 0.40)}  # side of an object's square box / image side
+SIZE_RANGE = {"small": (0.18, 0.24), "large": (0.30, 0.40)}  # side of an object's square box / image side
 TEXTURES = ("plain", "stripes", "noise", "gradient", "checks")
 TEXTURE_WORDS = {
     "plain": "plain",
@@ -159,7 +159,7 @@ class SceneObject:
 
     @property
     def name(self) -> str:
-        """ "colour shape", the class name of zero-shot colour-shape labeling."""
+        """The "colour shape" class name of zero-shot colour-shape labeling."""
         return f"{self.colour} {self.shape}"
 
     @property
@@ -169,7 +169,7 @@ class SceneObject:
 
 @dataclass
 class Scene:
-    """Objects (non-overlapping) on a background `texture` of a muted `tone`."""
+    """Non-overlapping objects on a `background` texture of a muted `tone`."""
 
     objects: list[SceneObject]
     background: str  # one of TEXTURES
@@ -190,6 +190,7 @@ class Sample:
     scene: Scene | None = None  # SynthScenes: the ground truth
     noise: str = "clean"  # SynthScenes: "clean", "swapped" or "wrong_attribute"
     key: str = ""
+    skipped: tuple[str, ...] = ()  # readers: why the unreadable samples just before this one were skipped
 
 
 # ------------------------------------------------------------------------------------------------- scenes
@@ -816,7 +817,7 @@ def _add_sample(tar: tarfile.TarFile, sample: Sample, image_format: str) -> None
 def _image_bytes(image: Image.Image, image_format: str) -> bytes:
     buffer = io.BytesIO()
     if image_format == "jpg":
-        image.save(buffer, format="JPEG", quality=95)
+        image.save(buffer, format="JPEG", quality=95, subsampling=0)  # 4:4:4: small shapes keep their colour
     else:
         image.save(buffer, format="PNG")
     return buffer.getvalue()

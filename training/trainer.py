@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from softclip.training.datasets import open_dataset
+from softclip.training.data import SkipLog
+from softclip.training.datasets import open_dataset, sample_texts
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from softclip.loss import LossConfig, SoftCLIPLoss
@@ -38,7 +39,8 @@ class TrainConfig:
     """Everything a run needs; saved as `train_config.json` beside the checkpoints."""
 
     model: str = "tiny-vit"
-    data: str = "synth"  # "synth", a CSV/TSV file, WebDataset shards "a-{000..009}.tar", or a VinVL join CSV
+    data: str = "synth"  # "synth", a CSV/TSV file or WebDataset shards "a-{000..009}.tar"
+    vinvl: str | None = None  # VinVL predictions.tsv joined to the CSV in `data` by image key
     out: str = "runs/softclip"
     loss: LossConfig = field(default_factory=LossConfig)
     steps: int = 500
@@ -53,6 +55,7 @@ class TrainConfig:
     workers: int = 1
     save_every: int = 0  # also checkpoint every K steps (0: at each epoch end and the end only)
     eval_every: int = 0  # evaluate every K steps (0: at each epoch end)
+    evaluate: bool = True  # run the evaluation at all (SynthScenes sets; other data has none built in)
     vocab_size: int = 0  # tokenizer size when training one (0: the model's vocab_size)
     tokenizer_sample: int = 20000  # how many training samples the tokenizer is trained on
     synth_size: int = 100_000  # length of one epoch of SynthScenes
@@ -148,6 +151,7 @@ class TrainingSamples(Dataset):
             "tags": sample.tags,
             "rois": torch.from_numpy(np.asarray(sample.rois, dtype=np.float32)),
             "roi_mask": torch.from_numpy(np.asarray(sample.roi_mask, dtype=bool)),
+            "skipped": tuple(sample.skipped),
         }
 
 
@@ -164,13 +168,14 @@ class Collate:
             "tags": self.tokenizer([item["tags"] for item in items], self.context_length),
             "rois": torch.stack([item["rois"] for item in items]),
             "roi_mask": torch.stack([item["roi_mask"] for item in items]),
+            "skipped": [reason for item in items for reason in item["skipped"]],
         }
 
 
 def train_tokenizer(dataset, vocab_size: int, sample: int) -> Tokenizer:
     """A tokenizer trained on the captions and tags of the first `sample` training samples."""
     count = min(sample, len(dataset))
-    texts = (text for i in range(count) for text in dataset.texts(i))
+    texts = (text for i in range(count) for text in sample_texts(dataset, i))
     return Tokenizer.train(texts, vocab_size=vocab_size)
 
 
@@ -261,9 +266,8 @@ class Trainer:
         self.out = Path(config.out)
         self.is_main = self.dist.rank == 0
         torch.manual_seed(config.seed)
-        self.dataset = open_dataset(
-            config.data, seed=config.seed, synth_size=config.synth_size, caption_noise=config.caption_noise
-        )
+        self.dataset = open_dataset(config.data, config.vinvl, config.synth_size, config.caption_noise)
+        self.skipped = SkipLog()
         self.model = create_model(config.model)
         self.model.preprocess_config = PreprocessConfig(size=self.model.config.vision.image_size)
         self.model.tokenizer = self._tokenizer()
@@ -297,7 +301,10 @@ class Trainer:
     def _wrap_ddp(self) -> torch.nn.Module:
         if self.dist.world == 1:
             return self.model
-        ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
+        ids = None
+        if self.dist.device.type == "cuda":  # SyncBatchNorm needs CUDA; on CPU each rank normalises its own slice
+            ids = [self.dist.local_rank]
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         # Detached targets without alignment leave the ROI and tag paths without gradient.
         loss = self.config.loss
         unused = not loss.needs_roi_tag() or (loss.detach_targets and loss.roi_tag_align == 0)
@@ -342,6 +349,8 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimiser step over `accum_steps` micro-batches; returns the loss terms."""
         self.ddp_model.train()
+        for reason in batch.pop("skipped", []):
+            self.skipped.add(reason)
         if not self.config.loss.needs_roi_tag():  # plain CLIP: the ROI and tag passes would be wasted work
             batch = {k: batch[k] for k in ("images", "texts")}
         micro = [{k: v[i :: self.config.accum_steps] for k, v in batch.items()} for i in range(self.config.accum_steps)]
@@ -370,13 +379,21 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
 
-    def fit(self) -> Path:
-        """Train to `config.steps`; returns the final `from_pretrained` folder."""
+    def fit(self, until: int | None = None) -> Path | None:
+        """Train to `config.steps` and return the final `from_pretrained` folder.
+
+        With `until`, stop after that step instead (a checkpoint is written there) and return None:
+        the run continues later with `resume="latest"`, exactly as if it had never stopped.
+        """
         from tqdm import tqdm
 
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.is_main, desc="train", unit="step")
         started, seen = time.perf_counter(), 0
         for batch in self._loader():
+            if until is not None and self.step >= until:
+                self.save_checkpoint()
+                bar.close()
+                return None
             terms = self.train_step(batch)
             seen += self.config.batch_size
             rate = seen / (time.perf_counter() - started)
@@ -396,8 +413,12 @@ class Trainer:
         every = self.config.save_every and self.step % self.config.save_every == 0
         if epoch_end or last or every:
             self.save_checkpoint()
+        if (epoch_end or last) and self.skipped.total:
+            self._log({"step": self.step, "skipped": dict(self.skipped.counts), "report": self.skipped.report()})
+            print(self.skipped.report(), flush=True)
+            self.skipped.reset()
         eval_due = self.config.eval_every and self.step % self.config.eval_every == 0
-        if (eval_due or epoch_end or last) and self.is_main:
+        if (eval_due or epoch_end or last) and self.is_main and self.config.evaluate:
             self._log({"step": self.step, "eval": self.evaluate()})
 
     def evaluate(self) -> dict[str, float]:

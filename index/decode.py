@@ -1,0 +1,251 @@
+"""Robust, parallel image decoding: every bad file becomes a ``(path, reason)``, never an exception.
+
+Each file is read once: its bytes give both the content hash and the pixels. Pillow is asked for the header
+first, so an image whose size exceeds ``max_megapixels`` is refused before a single pixel is decoded;
+Pillow's own decompression-bomb errors are caught and recorded the same way. Decoding runs in a thread pool
+(Pillow releases the GIL while decoding and resizing; on 2 cores threads beat a process pool, which must also
+pickle every pixel array back) and yields results in input order while the caller runs inference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from softclip.index.scan import ScannedFile
+
+from softclip.transform import load_image
+
+DEFAULT_MAX_MEGAPIXELS = 100.0
+# Magic bytes of the formats we index, to tell "not an image" from "an image Pillow cannot decode".
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+# Python's warning filters are process-wide, so capturing Pillow's bomb warnings must not interleave.
+_HEADER_LOCK = threading.Lock()
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+Preprocess = Callable[[Image.Image], np.ndarray]
+
+
+class ImageDecodeError(ValueError):
+    """A file that cannot become an RGB image; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass
+class DecodedFile:
+    """One file after reading and decoding: pixels ``[3, H, W]`` or an error reason."""
+
+    file: ScannedFile  # size and mtime of the bytes actually read
+    content_hash: str | None = None
+    pixels: np.ndarray | None = None
+    error: str | None = None
+    vanished: bool = False  # the file was listed but gone when read
+
+
+def content_hash(data: bytes) -> str:
+    """The manifest's content hash: blake2b-128 of the file's bytes, hex."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def hash_file(path: str) -> str:
+    """``content_hash`` of a file, read in chunks."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_file(path: str) -> tuple[bytes, ScannedFile]:
+    """The bytes of a file with the size and mtime of what was read (the file may change after a scan)."""
+    with open(path, "rb") as stream:
+        data = stream.read()
+        status = os.fstat(stream.fileno())
+    return data, ScannedFile(path, len(data), status.st_mtime_ns)
+
+
+def load_rgb(source: str | os.PathLike | Image.Image, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image.Image:
+    """An upright RGB image from a path or PIL image, or ``ImageDecodeError`` saying what is wrong."""
+    if isinstance(source, Image.Image):
+        return _to_rgb(source, "<image>")
+    path = os.fspath(source)
+    try:
+        data, _ = read_file(path)
+    except FileNotFoundError as error:
+        raise ImageDecodeError(path, "no such file") from error
+    except OSError as error:
+        raise ImageDecodeError(path, _io_reason(error)) from error
+    return decode_bytes(data, path, max_megapixels)
+
+
+def decode_bytes(data: bytes, name: str, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image.Image:
+    """Decode an encoded image (first frame) to upright RGB, refusing bombs before decoding pixels."""
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    image = _open_header(data, name)
+    _check_size(image, name, max_megapixels)
+    try:
+        image.load()
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(name, f"decompression bomb: {error}") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageDecodeError(name, f"truncated or corrupt {image.format or 'image'} data: {error}") from error
+    return _to_rgb(image, name)
+
+
+def decode_file(file: ScannedFile, preprocess: Preprocess, max_megapixels: float) -> DecodedFile:
+    """Read, hash, decode and preprocess one file; any failure is recorded in the result."""
+    try:
+        data, read = read_file(file.path)
+    except OSError as error:
+        return DecodedFile(file, error=_io_reason(error), vanished=isinstance(error, FileNotFoundError))
+    result = DecodedFile(read, content_hash=content_hash(data))
+    try:
+        image = decode_bytes(data, file.path, max_megapixels)
+    except ImageDecodeError as error:
+        result.error = error.reason
+        return result
+    except Exception as error:  # a Pillow plugin can raise nearly anything on hostile input
+        result.error = f"cannot decode: {type(error).__name__}: {error}"
+        return result
+    try:
+        result.pixels = np.asarray(preprocess(image), dtype=np.float32)
+    except Exception as error:
+        result.error = f"preprocessing failed: {type(error).__name__}: {error}"
+    return result
+
+
+def decode_files(
+    files: Iterable[ScannedFile],
+    preprocess: Preprocess,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    workers: int | None = None,
+    lookahead: int = 64,
+) -> Iterator[DecodedFile]:
+    """``decode_file`` over many files in a thread pool, results in input order, at most ``lookahead`` ahead."""
+    workers = default_workers() if workers is None else workers
+    if workers <= 1:
+        yield from (decode_file(file, preprocess, max_megapixels) for file in files)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="softclip-decode")
+    try:
+        remaining = iter(files)
+        pending: deque[Future[DecodedFile]] = deque(
+            pool.submit(decode_file, file, preprocess, max_megapixels) for file in islice(remaining, lookahead)
+        )
+        while pending:
+            result = pending.popleft().result()
+            for file in islice(remaining, 1):
+                pending.append(pool.submit(decode_file, file, preprocess, max_megapixels))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def batched(items: Iterable[DecodedFile], size: int) -> Iterator[list[DecodedFile]]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def progress_bar(total: int, enabled: bool | None) -> tqdm:
+    """A tqdm bar counting images (it shows images/s); ``enabled=None`` shows it when stderr is a terminal."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(total=total, unit="img", desc="embedding", disable=not show or total == 0, smoothing=0.1)
+
+
+def default_workers() -> int:
+    """Decoding threads: one per core the process may use, at most 16."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(16, cores or 1))
+
+
+def _open_header(data: bytes, name: str) -> Image.Image:
+    """``Image.open`` (reads the header only), with Pillow's bomb warnings captured rather than printed."""
+    try:
+        with _HEADER_LOCK, warnings.catch_warnings():
+            # Our own ``max_megapixels`` check below is the policy; Pillow's warning threshold is not.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.seek(0)  # first frame of a GIF or multi-page TIFF
+            return image
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(name, f"decompression bomb: {error}") from error
+    except UnidentifiedImageError as error:
+        raise ImageDecodeError(name, _unidentified_reason(data)) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageDecodeError(name, f"corrupt image header: {error}") from error
+
+
+def _check_size(image: Image.Image, name: str, max_megapixels: float) -> None:
+    width, height = image.size
+    megapixels = width * height / 1e6
+    if megapixels > max_megapixels:
+        size = f"{width}x{height} is {megapixels:.1f} megapixels"
+        raise ImageDecodeError(name, f"decompression bomb: {size}, over max_megapixels={max_megapixels:g}")
+
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    try:
+        return load_image(image)
+    except (ValueError, OSError) as error:
+        raise ImageDecodeError(name, f"unsupported pixel mode {image.mode!r}: {error}") from error
+
+
+def _unidentified_reason(data: bytes) -> str:
+    kind = next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
+    if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        kind = "WEBP"
+    if kind is None:
+        return "not an image (no known image format)"
+    return f"unsupported {kind} variant: {_plugin_error(kind, data)}"
+
+
+def _plugin_error(kind: str, data: bytes) -> str:
+    """Pillow hides why its plugin refused a file; ask the plugin directly for its message."""
+    factory = Image.OPEN.get(kind, (None, None))[0]
+    try:
+        if factory is not None:
+            factory(io.BytesIO(data), "")
+    except Exception as error:
+        return str(error) or type(error).__name__
+    return "Pillow cannot decode this pixel mode or compression"
+
+
+def _io_reason(error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, FileNotFoundError):
+        return "file vanished during indexing"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder, not a file"
+    return f"cannot read file: {error.strerror or error}"

@@ -1,0 +1,137 @@
+"""The trainer through the real CLI, exact resume, and a 2-process torchrun run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from softclip.cli import main
+from softclip.config import load_config
+from softclip.loss import LossConfig
+from softclip.pretrained import from_pretrained
+from softclip.training.trainer import TrainConfig, Trainer, latest_checkpoint, warmup_cosine
+
+TINY = ["--steps", "2", "--batch-size", "8", "--synth-size", "32", "--workers", "0", "--no-eval"]
+VARIANT_TERMS = {
+    "clip": {"loss", "clip"},
+    "label_smoothing": {"loss", "clip"},
+    "soft": {"loss", "clip", "soft"},
+    "soft_relation": {"loss", "clip", "soft", "relation"},
+    "softclip": {"loss", "clip", "soft", "relation"},
+}
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("model", ["tiny-vit", "tiny-rn"])
+@pytest.mark.parametrize("variant", sorted(VARIANT_TERMS))
+def test_cli_trains_every_variant(tmp_path: Path, model: str, variant: str) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--model", model, "--loss", variant, "--out", str(out), *TINY]) == 0
+    last = [r for r in records(out) if "loss" in r][-1]
+    assert last["step"] == 2
+    assert VARIANT_TERMS[variant] <= set(last)
+    assert all(torch.isfinite(torch.tensor(last[k])) for k in VARIANT_TERMS[variant])
+    loaded = from_pretrained(out / "final")
+    assert loaded.config.name == model
+    assert (out / "checkpoints" / "step_00000002.pt").is_file()
+
+
+def small_config(out: Path, **changes) -> TrainConfig:
+    loss = LossConfig(detach_targets=True, roi_tag_align=1.0)
+    base = dict(steps=6, batch_size=8, synth_size=40, workers=0, evaluate=False, out=str(out), loss=loss)
+    return TrainConfig(**(base | changes))
+
+
+def test_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
+    straight = Trainer(small_config(tmp_path / "straight"))
+    straight.fit()
+    interrupted = Trainer(small_config(tmp_path / "resumed", workers=1))
+    assert interrupted.fit(until=3) is None
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step_00000003.pt"
+    resumed = Trainer(small_config(tmp_path / "resumed", workers=1), resume="latest")
+    assert resumed.step == 3
+    resumed.fit()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
+    trainer = Trainer(small_config(tmp_path, steps=1))
+    trainer.fit()
+    state = torch.load(latest_checkpoint(tmp_path / "checkpoints"), weights_only=True)
+    assert state["step"] == 1 and set(state) >= {"model", "optimizer", "scheduler", "scaler", "rng"}
+
+
+def test_warmup_then_cosine() -> None:
+    schedule = warmup_cosine(100, 0.1)
+    assert schedule(0) == pytest.approx(0.1)
+    assert schedule(9) == pytest.approx(1.0)
+    assert schedule(55) == pytest.approx(0.5, abs=0.02)
+    assert schedule(99) < 0.01
+
+
+def test_weight_decay_only_on_matrices(tmp_path: Path) -> None:
+    trainer = Trainer(small_config(tmp_path, steps=1))
+    decay, no_decay = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+    undecayed = {names[id(p)] for p in no_decay["params"]}
+    assert "logit_scale" in undecayed
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert any("bias" in n for n in undecayed) and any("positional" in n or "token" in n for n in undecayed)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
+    """Two gloo ranks with half the batch each train to the same weights as one process on the whole batch.
+
+    The model is tiny-vit with the patch stem: BatchNorm (conv stem, ResNet) normalises each rank's half
+    batch on CPU, where SyncBatchNorm is unavailable, so only a BatchNorm-free model can match exactly.
+    """
+    config = load_config("tiny-vit")
+    config.vision.stem, config.vision.stem_channels = "patch", []
+    config.save(tmp_path / "tiny-vit-patch.json")
+    args = ["train", "--model", str(tmp_path / "tiny-vit-patch.json"), "--roi-tag-align", "1", "--detach-targets", *TINY]
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "softclip.cli", *args, "--out", str(tmp_path / "ddp")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = from_pretrained(tmp_path / "single" / "final").state_dict()
+    ddp = from_pretrained(tmp_path / "ddp" / "final").state_dict()
+    for name, tensor in single.items():
+        torch.testing.assert_close(ddp[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "wds"])
+def test_trains_from_files_written_by_synth(tmp_path: Path, fmt: str, capsys) -> None:
+    """`softclip synth` output read back by the real readers; a corrupt image is skipped and reported."""
+    assert main(["synth", str(tmp_path / "data"), "--n", "16", "--format", fmt]) == 0
+    source = capsys.readouterr().out.strip().splitlines()[-1]
+    if fmt == "csv":
+        next((tmp_path / "data" / "images").iterdir()).write_bytes(b"not an image")
+    out = tmp_path / "run"
+    args = ["train", "--data", source, "--out", str(out), "--steps", "2", "--batch-size", "8", "--workers", "0"]
+    assert main([*args, "--no-eval", "--roi-tag-align", "1"]) == 0
+    assert (out / "final" / "model.safetensors").is_file()
+    skips = [r for r in records(out) if "skipped" in r]
+    if fmt == "csv":
+        assert skips and sum(skips[-1]["skipped"].values()) >= 1
+    else:
+        assert not skips
