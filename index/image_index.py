@@ -93,7 +93,7 @@ class ImageIndex:
     def describe(self, image: str | os.PathLike | Image.Image, k: int = 5) -> list[TextHit]:
         """The texts (added with ``index_texts``) closest to an image."""
         with self._lock:
-            if self._texts is None:
+            if self._texts is None or self._texts.is_stale():
                 self._texts = TextIndex.load(self._folder.path)
         return self._texts.search(image_vectors([image], self.encoder), k)[0]
 

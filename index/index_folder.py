@@ -195,7 +195,7 @@ class IndexFolder:
         except (IndexBusyError, OSError):  # busy, or a read-only folder
             return
         try:
-            if self.manifest.generation == generation:
+            if self.manifest.generation == generation and read_info(self.path) == self.info:  # nobody moved on
                 self._lock = lock
                 self.commit_faiss(index, generation)
         except OSError:
@@ -209,6 +209,8 @@ def _writer_info(
     path: Path, model_id: str, embed_dim: int, factory: str | None, export_dir: str | None, shard: tuple | None
 ) -> IndexInfo:
     """The folder's description, new or existing, updated with what this writer brings."""
+    if factory:
+        faiss_index.create_index(embed_dim, factory)  # a bad factory string fails before any work is done
     if not (path / INDEX_JSON).is_file():
         return IndexInfo(model_id, embed_dim, factory or faiss_index.DEFAULT_FACTORY, export_dir, shard=_list(shard))
     info = read_info(path)

@@ -76,32 +76,24 @@ def _scan_one_folder(folder: str, seen_dirs: set[tuple[int, int]], result: ScanR
         if (folder_stat.st_dev, folder_stat.st_ino) in seen_dirs:
             return []
         seen_dirs.add((folder_stat.st_dev, folder_stat.st_ino))
-        with os.scandir(folder) as entries:
-            names = sorted(entry.name for entry in entries if not entry.name.startswith("."))
+        with os.scandir(folder) as listing:
+            entries = sorted((entry for entry in listing if not entry.name.startswith(".")), key=lambda e: e.name)
     except OSError as error:
         result.errors.append((folder, f"cannot list folder: {_os_reason(error)}"))
         result.unreadable_dirs.append(folder)
         return []
     subfolders = []
-    for name in names:
-        path = os.path.join(folder, name)
-        if _is_dir(path):
-            subfolders.append(path)
-        elif is_image_path(name):
-            _add_file(path, result)
+    for entry in entries:
+        if entry.is_dir():  # follows links; the directory's d_type usually spares a stat call
+            subfolders.append(entry.path)
+        elif is_image_path(entry.name):
+            _add_file(entry.path, result, entry)
     return subfolders
 
 
-def _is_dir(path: str) -> bool:
+def _add_file(path: str, result: ScanResult, entry: os.DirEntry | None = None) -> None:
     try:
-        return stat.S_ISDIR(os.stat(path).st_mode)  # follows links
-    except OSError:
-        return False
-
-
-def _add_file(path: str, result: ScanResult) -> None:
-    try:
-        file_stat = os.stat(path)  # follows links
+        file_stat = entry.stat() if entry is not None else os.stat(path)  # both follow links
     except OSError as error:
         reason = "broken symbolic link" if os.path.islink(path) else _os_reason(error)
         result.errors.append((path, reason))

@@ -1,12 +1,14 @@
 """Image-to-text search: a second, small index of texts kept in the index folder's ``texts/``.
 
-``texts/texts.faiss`` holds one embedding per text (exact search, ids = positions) and ``texts/texts.json``
-the texts and the model that embedded them. The FAISS file is written first and the JSON last, both
-atomically; a text index whose two files disagree is refused until ``index_texts`` runs again.
+``texts/texts.json`` holds the texts, the model that embedded them and the name of the FAISS file with one
+embedding per text (exact search, ids = positions). That file is named after a digest of the texts and
+written first; the JSON, written last and atomically, is the commit point, so a run killed in between
+leaves the previous text index whole. Files the JSON no longer names are then deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,7 +27,6 @@ if TYPE_CHECKING:
 
 TEXTS_DIR = "texts"
 TEXTS_JSON = "texts.json"
-TEXTS_FAISS = "texts.faiss"
 
 
 def index_texts(
@@ -46,18 +47,32 @@ def index_texts(
     )
     folder = Path(index_dir) / TEXTS_DIR
     folder.mkdir(exist_ok=True)
+    faiss_name = f"texts-{_digest(kept, info.model_id)}.faiss"
     index = faiss_index.build_index(embeddings, np.arange(len(kept), dtype=np.int64))
-    faiss_index.save_index(index, folder / TEXTS_FAISS)
-    write_json_atomically(folder / TEXTS_JSON, {"model_id": info.model_id, "embed_dim": info.embed_dim, "texts": kept})
+    faiss_index.save_index(index, folder / faiss_name)
+    description = {"model_id": info.model_id, "embed_dim": info.embed_dim, "faiss_file": faiss_name, "texts": kept}
+    write_json_atomically(folder / TEXTS_JSON, description)
+    for stale in folder.glob("texts-*.faiss"):
+        if stale.name != faiss_name:
+            stale.unlink(missing_ok=True)
     return len(kept)
+
+
+def _digest(texts: list[str], model_id: str) -> str:
+    digest = hashlib.blake2b(model_id.encode(), digest_size=8)
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()
 
 
 class TextIndex:
     """The texts of an index folder, searchable by image (or any) vector."""
 
-    def __init__(self, texts: list[str], index: faiss.Index) -> None:
+    def __init__(self, texts: list[str], index: faiss.Index, source: Path | None = None) -> None:
         self.texts = texts
         self.index = index
+        self._source = source  # texts.json, to notice when index_texts has replaced it
+        self._version = _file_version(source) if source is not None else None
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike) -> TextIndex:
@@ -68,10 +83,14 @@ class TextIndex:
         data = json.loads((folder / TEXTS_JSON).read_text(encoding="utf-8"))
         info = read_info(index_dir)
         check_model(info, data["model_id"], int(data["embed_dim"]), folder)
-        index = faiss_index.load_index(folder / TEXTS_FAISS)
+        index = faiss_index.load_index(folder / data["faiss_file"])
         if index.ntotal != len(data["texts"]):
             raise ValueError(f"the text index in {os.fspath(folder)!r} is incomplete: run index_texts again")
-        return cls(data["texts"], index)
+        return cls(data["texts"], index, folder / TEXTS_JSON)
+
+    def is_stale(self) -> bool:
+        """True when ``index_texts`` has written other texts since this index was loaded."""
+        return self._source is not None and _file_version(self._source) != self._version
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -83,3 +102,12 @@ class TextIndex:
             [TextHit(self.texts[i], float(score)) for score, i in zip(row_scores, row_ids) if i >= 0]
             for row_scores, row_ids in zip(scores, ids)
         ]
+
+
+def _file_version(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime): an atomic rewrite always gets a new inode, even within one mtime tick."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_mtime_ns

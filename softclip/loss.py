@@ -214,6 +214,10 @@ VARIANT_FLAGS: dict[str, dict[str, bool]] = {
     "softclip": {},
 }
 LABEL_SMOOTHING_BY_VARIANT = {"label_smoothing": 0.2}  # alpha of eq. 5; every other variant uses one-hot
+# Defaults of the two switches the paper leaves open, for the soft-target variants; measured on SynthScenes
+# (docs/method.md, "Choices the paper leaves open"): detached targets plus ROI-tag alignment train best.
+SOFT_DEFAULT_DETACH_TARGETS = True
+SOFT_DEFAULT_ROI_TAG_ALIGN = 1.0
 
 
 @dataclass
@@ -224,6 +228,8 @@ class LossConfig:
     ``guidance`` picks what the soft targets are built from: ROI and tag features (``"roi_tag"``), image
     and text features (``"image_text"``) or ``gamma * L(R,A) + (1 - gamma) * L(I,T)`` (``"mix"``).
     ``roi_tag_align`` weights a plain CLIP loss between ROI and tag features, added to the total.
+    ``detach_targets=None`` and ``roi_tag_align=None`` mean the measured defaults for soft-target variants
+    (``SOFT_DEFAULT_*``) and no detaching / no alignment for the CLIP variants.
     """
 
     variant: str = "softclip"
@@ -233,8 +239,8 @@ class LossConfig:
     label_smoothing: float | None = None
     guidance: str = "roi_tag"
     gamma: float = 0.5
-    detach_targets: bool = False
-    roi_tag_align: float = 0.0
+    detach_targets: bool | None = None
+    roi_tag_align: float | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -245,7 +251,7 @@ class LossConfig:
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must lie in [0, 1], got {self.gamma}")
         for name in ("lam", "mu", "roi_tag_align"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
@@ -256,6 +262,20 @@ class LossConfig:
         return LABEL_SMOOTHING_BY_VARIANT.get(self.variant, 0.0)
 
     @property
+    def targets_detached(self) -> bool:
+        """Whether the soft targets carry no gradient."""
+        if self.detach_targets is not None:
+            return self.detach_targets
+        return SOFT_DEFAULT_DETACH_TARGETS and VARIANT_FLAGS[self.variant].get("soft", True)
+
+    @property
+    def align_weight(self) -> float:
+        """The weight of the ROI-tag CLIP loss actually used."""
+        if self.roi_tag_align is not None:
+            return self.roi_tag_align
+        return SOFT_DEFAULT_ROI_TAG_ALIGN if VARIANT_FLAGS[self.variant].get("soft", True) else 0.0
+
+    @property
     def soft(self) -> bool:
         """Whether the variant uses soft targets (needs ROI/tag or image/text guidance)."""
         return self.loss_kwargs()["soft"]
@@ -263,13 +283,13 @@ class LossConfig:
     def loss_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``softclip_loss`` for this variant."""
         kwargs = {"soft": True, "relation": True, "symmetric": True, "beta": self.beta, "lam": self.lam}
-        kwargs.update(mu=self.mu, label_smoothing=self.smoothing, detach_targets=self.detach_targets)
+        kwargs.update(mu=self.mu, label_smoothing=self.smoothing, detach_targets=self.targets_detached)
         kwargs.update(VARIANT_FLAGS[self.variant])
         return kwargs
 
     def needs_roi_tag(self) -> bool:
         """Whether the loss reads ``roi_features`` and ``tag_features``."""
-        return self.roi_tag_align > 0 or (self.soft and self.guidance != "image_text")
+        return self.align_weight > 0 or (self.soft and self.guidance != "image_text")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,10 +330,10 @@ class SoftCLIPLoss(nn.Module):
         image, text = features["image_features"], features["text_features"]
         roi, tag = features.get("roi_features"), features.get("tag_features")
         out = self._guided_loss(image, text, roi, tag, scale)
-        if self.config.roi_tag_align > 0:
+        if self.config.align_weight > 0:
             _check_pair(roi, tag, "roi_features", "tag_features")
             out["roi_tag_align"] = _clip_loss_from_logits(scale * roi @ tag.T, 0.0)
-            out["loss"] = out["loss"] + self.config.roi_tag_align * out["roi_tag_align"]
+            out["loss"] = out["loss"] + self.config.align_weight * out["roi_tag_align"]
         return out
 
     def _guided_loss(

@@ -270,6 +270,18 @@ def test_failed_export_leaves_earlier_export_and_no_partial_files(
     assert leftovers(tmp_path) == []
 
 
+def test_a_finished_export_replaces_the_earlier_one_whole(tmp_path: Path) -> None:
+    out, staging = tmp_path / "export", tmp_path / ".export.staging"
+    out.mkdir()
+    staging.mkdir()
+    (out / INFO_FILE).write_text("old")
+    (out / "stale.onnx").write_text("old")
+    (staging / INFO_FILE).write_text("new")
+    exporter.move_into_place(staging, out)
+    assert [(path.name, path.read_text()) for path in out.iterdir()] == [(INFO_FILE, "new")]
+    assert leftovers(tmp_path) == []
+
+
 def test_export_refuses_a_folder_that_is_not_an_export(vit_checkpoint: Path, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(ExportError, match="not empty and holds no export.json"):

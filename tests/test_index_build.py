@@ -17,6 +17,7 @@ import pytest
 from conftest import COLOURS, ColourHistogramEncoder, write_image
 from softclip.index import (
     ImageIndex,
+    IndexBusyError,
     IndexMismatchError,
     build_index,
     faiss_index,
@@ -24,6 +25,7 @@ from softclip.index import (
     merge_shards,
     shard_dir,
 )
+from softclip.index.build import IndexWriter
 from softclip.index.index_folder import FAISS_FILE, INDEX_JSON, MANIFEST_FILE, read_info
 from softclip.index.manifest import Manifest
 
@@ -158,6 +160,14 @@ def test_changing_the_factory_rebuilds_faiss_without_embedding(tmp_path: Path, e
     assert_faiss_matches_manifest(tmp_path / "idx")
 
 
+def test_a_bad_factory_fails_before_embedding(tmp_path: Path) -> None:
+    make_folder(tmp_path / "photos", 3)
+    counting = ColourHistogramEncoder()
+    with pytest.raises(ValueError, match="invalid FAISS factory string 'IVF,Nonsense'"):
+        build_index(tmp_path / "photos", counting, tmp_path / "idx", factory="IVF,Nonsense")
+    assert counting.image_calls == 0
+
+
 def test_too_few_vectors_to_train_gives_a_clear_error_and_keeps_the_embeddings(tmp_path: Path) -> None:
     make_folder(tmp_path / "photos", 10)
     with pytest.raises(ValueError, match="cannot train this FAISS index on 10 vectors"):
@@ -258,3 +268,18 @@ def _wait_for_first_commit(manifest_path: Path, process: subprocess.Popen, timeo
                 return count
         time.sleep(0.01)
     raise AssertionError("the indexing worker committed nothing in time")
+
+
+def test_a_second_writer_is_refused_while_one_is_at_work(tmp_path: Path, encoder: ColourHistogramEncoder) -> None:
+    make_folder(tmp_path / "photos", 2)
+    with IndexWriter.open(tmp_path / "idx", encoder):
+        with pytest.raises(IndexBusyError, match="another process is updating the index"):
+            build_index(tmp_path / "photos", encoder, tmp_path / "idx")
+    assert build_index(tmp_path / "photos", encoder, tmp_path / "idx").total == 2  # the lock is released
+
+
+def test_importing_softclip_index_loads_neither_faiss_nor_onnxruntime() -> None:
+    code = "import sys, softclip.index; print(sorted({'faiss', 'onnxruntime'} & set(sys.modules)))"
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import ColourHistogramEncoder, solid_image, write_image
 from softclip.index import (
+    ImageDecodeError,
     ImageIndex,
     SearchHit,
     TextHit,
@@ -143,13 +144,26 @@ def test_search_text_image_and_weighted(colour_index, encoder: ColourHistogramEn
         assert len(index.search_text("red", k=100)) == 9
 
 
+def test_a_bad_query_image_is_a_clear_error(colour_index, tmp_path: Path, encoder: ColourHistogramEncoder) -> None:
+    index_dir, _ = colour_index
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    with ImageIndex.open(index_dir, encoder=encoder) as index:
+        with pytest.raises(ImageDecodeError, match="broken.png: .*PNG"):
+            index.search_image(tmp_path / "broken.png")
+        with pytest.raises(ImageDecodeError, match="no such file"):
+            index.search_image(tmp_path / "absent.png")
+
+
 def test_describe_finds_the_closest_texts(colour_index, encoder: ColourHistogramEncoder) -> None:
     index_dir, photos = colour_index
     assert index_texts(index_dir, ["red", "green", "blue", "blue", " ", "a quiet harbour"], encoder) == 4
     with ImageIndex.open(index_dir, encoder=encoder) as index:
         described = index.describe(photos["green2"], k=2)
-    assert described[0].text == "green" and len(described) == 2
-    assert described[0].score > described[1].score
+        assert described[0].text == "green" and len(described) == 2
+        assert described[0].score > described[1].score
+        index_texts(index_dir, ["blue", "yellow"], encoder)  # replaces the texts; the open index notices
+        assert sorted(hit.text for hit in index.describe(photos["green2"], k=5)) == ["blue", "yellow"]
+    assert len(list((index_dir / "texts").glob("*.faiss"))) == 1
 
 
 def test_describe_without_texts_says_how_to_add_them(colour_index, encoder: ColourHistogramEncoder) -> None:

@@ -231,13 +231,13 @@ VARIANT_EXPECTATIONS = {
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_matches_hand_computation(variant):
     features = random_features(seed=11)
-    out = SoftCLIPLoss(LossConfig(variant=variant))(model_outputs(features))
+    out = SoftCLIPLoss(LossConfig(variant=variant, detach_targets=False, roi_tag_align=0.0))(model_outputs(features))
     assert_matches(out, hand_loss(*features, SCALE, **VARIANT_EXPECTATIONS[variant]))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_maps_to_loss_flags(variant):
-    kwargs = LossConfig(variant=variant).loss_kwargs()
+    kwargs = LossConfig(variant=variant, detach_targets=False, roi_tag_align=0.0).loss_kwargs()
     defaults = {"soft": True, "relation": True, "symmetric": True, "label_smoothing": 0.0}
     for key, value in {**defaults, **VARIANT_EXPECTATIONS[variant]}.items():
         assert kwargs[key] == value, key
@@ -247,20 +247,20 @@ def test_variant_maps_to_loss_flags(variant):
 def test_scale_comes_from_raw_logit_scale_clamped_at_100():
     features = random_features(seed=12)
     outputs = {**model_outputs(features), "logit_scale": torch.tensor(math.log(1000.0))}
-    out = SoftCLIPLoss(LossConfig())(outputs)
+    out = SoftCLIPLoss(LossConfig(detach_targets=False, roi_tag_align=0.0))(outputs)
     assert_matches(out, hand_loss(*features, 100.0))
 
 
 def test_image_text_guidance_builds_targets_from_image_and_text():
     image, text, roi, tag = random_features(seed=13)
     outputs = model_outputs([image, text, None, None])  # no ROI or tag needed for this guidance
-    out = SoftCLIPLoss(LossConfig(guidance="image_text"))(outputs)
+    out = SoftCLIPLoss(LossConfig(guidance="image_text", detach_targets=False, roi_tag_align=0.0))(outputs)
     assert_matches(out, hand_loss(image, text, image, text, SCALE))
 
 
 def test_mix_guidance_weights_both_target_sources_by_gamma():
     image, text, roi, tag = random_features(seed=14)
-    out = SoftCLIPLoss(LossConfig(guidance="mix", gamma=0.25))(model_outputs([image, text, roi, tag]))
+    out = SoftCLIPLoss(LossConfig(guidance="mix", gamma=0.25, detach_targets=False, roi_tag_align=0.0))(model_outputs([image, text, roi, tag]))
     from_roi_tag = hand_loss(image, text, roi, tag, SCALE)
     from_image_text = hand_loss(image, text, image, text, SCALE)
     assert_matches(out, {k: 0.25 * from_roi_tag[k] + 0.75 * from_image_text[k] for k in from_roi_tag})
@@ -269,13 +269,13 @@ def test_mix_guidance_weights_both_target_sources_by_gamma():
 def test_roi_tag_align_adds_a_clip_loss_between_rois_and_tags():
     features = random_features(seed=15)
     _, _, roi, tag = features
-    out = SoftCLIPLoss(LossConfig(roi_tag_align=0.5))(model_outputs(features))
+    out = SoftCLIPLoss(LossConfig(roi_tag_align=0.5, detach_targets=False))(model_outputs(features))
     logits, labels = SCALE * roi @ tag.T, torch.arange(4)
     align = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
     assert out["roi_tag_align"].item() == pytest.approx(align.item(), rel=1e-5)
     expected = hand_loss(*features, SCALE)["loss"] + 0.5 * align.item()
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
-    assert "roi_tag_align" not in SoftCLIPLoss(LossConfig())(model_outputs(features))
+    assert "roi_tag_align" not in SoftCLIPLoss(LossConfig(detach_targets=False, roi_tag_align=0.0))(model_outputs(features))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -438,3 +438,12 @@ def test_two_process_loss_equals_single_process_loss_on_the_global_batch(tmp_pat
         for name, weight in reference["weights"].items():
             # after DDP averages over ranks, the parameter gradients equal the single-process ones
             torch.testing.assert_close(got["param_grads"][name], weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_soft_variants_default_to_the_measured_switches() -> None:
+    """Soft-target variants detach their targets and align ROIs with tags unless told otherwise; CLIP does neither."""
+    soft, clip = LossConfig(), LossConfig(variant="clip")
+    assert soft.targets_detached and soft.align_weight == 1.0 and soft.loss_kwargs()["detach_targets"]
+    assert not clip.targets_detached and clip.align_weight == 0.0 and not clip.needs_roi_tag()
+    explicit = LossConfig(detach_targets=False, roi_tag_align=0.0)
+    assert not explicit.targets_detached and explicit.align_weight == 0.0

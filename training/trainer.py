@@ -307,7 +307,7 @@ class Trainer:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         # Detached targets without alignment leave the ROI and tag paths without gradient.
         loss = self.config.loss
-        unused = not loss.needs_roi_tag() or (loss.detach_targets and loss.roi_tag_align == 0)
+        unused = not loss.needs_roi_tag() or (loss.targets_detached and loss.align_weight == 0)
         return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
 
     def _resume(self, resume: str) -> None:
