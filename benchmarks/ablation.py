@@ -43,9 +43,29 @@ def slug(name: str) -> str:
 
 def train_command(row: str, seed: int, args: argparse.Namespace, out: Path) -> list[str]:
     variant, detach, align = ROWS[row]
-    command = [sys.executable, "-m", "softclip.cli", "train", "--model", args.model, "--loss", variant,
-               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seed", str(seed),
-               "--out", str(out), "--workers", "1", "--no-eval", "--lr", str(args.lr)]
+    command = [
+        sys.executable,
+        "-m",
+        "softclip.cli",
+        "train",
+        "--model",
+        args.model,
+        "--loss",
+        variant,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--no-eval",
+        "--lr",
+        str(args.lr),
+    ]
     if detach is not None:
         command.append("--detach-targets" if detach else "--no-detach-targets")
     if align is not None:
@@ -60,18 +80,31 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
     work = args.out / "work" / f"{slug(row)}-seed{seed}"
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
     started = time.perf_counter()
-    subprocess.run(train_command(row, seed, args, work), check=True, env=env, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    evaluation = subprocess.run([sys.executable, "-m", "softclip.cli", "eval", str(work / "final"), "--task",
-                                 "zeroshot", "--json"], check=True, env=env, capture_output=True, text=True)
-    retrieval = subprocess.run([sys.executable, "-m", "softclip.cli", "eval", str(work / "final"), "--task",
-                                "retrieval", "--json"], check=True, env=env, capture_output=True, text=True)
+    subprocess.run(
+        train_command(row, seed, args, work), check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    evaluation = subprocess.run(
+        [sys.executable, "-m", "softclip.cli", "eval", str(work / "final"), "--task", "zeroshot", "--json"],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    retrieval = subprocess.run(
+        [sys.executable, "-m", "softclip.cli", "eval", str(work / "final"), "--task", "retrieval", "--json"],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     metrics = json.loads(evaluation.stdout) | json.loads(retrieval.stdout)
     result = {"row": row, "seed": seed, "seconds": time.perf_counter() - started, "metrics": metrics}
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2))
-    print(f"done {row} seed {seed} in {result['seconds']:.0f}s: "
-          + ", ".join(f"{k}={metrics[k]:.3f}" for k in METRICS), flush=True)
+    print(
+        f"done {row} seed {seed} in {result['seconds']:.0f}s: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in METRICS),
+        flush=True,
+    )
     return result
 
 
@@ -82,8 +115,9 @@ def table(results: list[dict], rows: list[str]) -> str:
         runs = [r["metrics"] for r in results if r["row"] == row]
         if not runs:
             continue
-        cells = [f"{100 * np.mean([m[k] for m in runs]):.1f} +- {100 * np.std([m[k] for m in runs]):.1f}"
-                 for k in METRICS]
+        cells = [
+            f"{100 * np.mean([m[k] for m in runs]):.1f} +- {100 * np.std([m[k] for m in runs]):.1f}" for k in METRICS
+        ]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(runs)} |")
     return header + "\n".join(lines) + "\n"
 
@@ -106,10 +140,12 @@ def main() -> None:
         results = list(pool.map(lambda job: run_one(*job, args), jobs))
     text = table(results, args.rows)
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
-    footer = (f"\n{args.model}, {args.steps} steps of batch {args.batch_size}, seeds {args.seeds}; "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-              f"wall time {(time.perf_counter() - started) / 60:.0f} min (finished runs are reused).\n"
-              f"Command: `{command}`\n")
+    footer = (
+        f"\n{args.model}, {args.steps} steps of batch {args.batch_size}, seeds {args.seeds}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"wall time {(time.perf_counter() - started) / 60:.0f} min (finished runs are reused).\n"
+        f"Command: `{command}`\n"
+    )
     print(text + footer)
     (args.out / "table.md").write_text(text + footer)
 

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from softclip.config import ModelConfig, TextConfig, VisionConfig, load_config
+from softclip.tokenizer import Tokenizer
+from softclip.transform import PreprocessConfig
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -368,6 +370,21 @@ class SoftCLIP(nn.Module):
         self.visual = tower(config.vision, config.embed_dim, config.roi_dim)
         self.text = TextTransformer(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.full((), config.init_logit_scale))
+        # Replaced by the trained ones when training or loading a checkpoint; these make a fresh model usable.
+        self.tokenizer = Tokenizer.default()
+        self.preprocess_config = PreprocessConfig(size=config.vision.image_size)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write this model, its tokenizer and preprocessing as a checkpoint folder."""
+        from softclip.pretrained import save_pretrained
+
+        return save_pretrained(self, folder)
+
+    def push_to_hub(self, repo_id: str, **options) -> list[str]:
+        """Upload this model's checkpoint folder to the Hugging Face Hub; returns the uploaded file names."""
+        from softclip.pretrained import push_to_hub
+
+        return push_to_hub(self, repo_id, **options)
 
     def check_images(self, images: Tensor) -> None:
         """The position embeddings fix the input size, so anything else is refused here, by name."""

@@ -37,9 +37,11 @@ def save_pretrained(model: torch.nn.Module, folder: str | Path) -> Path:
     return folder
 
 
-def from_pretrained(name_or_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+def from_pretrained(
+    name_or_path: str | Path, device: str | torch.device = "cpu", cache_dir: str | Path | None = None
+) -> torch.nn.Module:
     """A model from a checkpoint folder or a Hub repo id (the Hub cache is used offline)."""
-    folder = _resolve(name_or_path)
+    folder = _resolve(name_or_path, cache_dir)
     for name in CHECKPOINT_FILES:
         if not (folder / name).is_file():
             raise CheckpointError(f"checkpoint {folder} is missing {name}")
@@ -68,7 +70,7 @@ def _build(config_path: Path) -> torch.nn.Module:
     return SoftCLIP(config)
 
 
-def _resolve(name_or_path: str | Path) -> Path:
+def _resolve(name_or_path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """A local folder as is; anything else is a Hub repo id, fetched (or found in the cache when offline)."""
     path = Path(name_or_path)
     if path.is_dir():
@@ -79,7 +81,7 @@ def _resolve(name_or_path: str | Path) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id=str(name_or_path), allow_patterns=list(CHECKPOINT_FILES)))
+        return Path(snapshot_download(str(name_or_path), allow_patterns=list(CHECKPOINT_FILES), cache_dir=cache_dir))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise CheckpointError(
             f"could not find {name_or_path} locally, in the Hub cache or on the Hub: {error}"

@@ -23,6 +23,7 @@ DEFAULT_TEMPLATES = (
 LABEL_SCALE = 100.0
 
 _label_cache: dict[tuple, np.ndarray] = {}
+_CACHE_SIZE = 64  # label sets kept; training evaluates a new model_id every epoch
 
 
 @dataclass
@@ -38,6 +39,8 @@ def label_embeddings(encoder: Encoder, labels: list[str], templates: tuple[str, 
         prompts = [template.format(label) for label in labels for template in templates]
         per_prompt = encoder.encode_texts(prompts).reshape(len(labels), len(templates), -1)  # (L, T, D)
         mean = per_prompt.mean(axis=1)
+        if len(_label_cache) >= _CACHE_SIZE:
+            _label_cache.pop(next(iter(_label_cache)))
         _label_cache[key] = mean / np.linalg.norm(mean, axis=1, keepdims=True)
     return _label_cache[key]
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from softclip.training.trainer import TrainConfig, Trainer, latest_checkpoint, warmup_cosine
 
 from softclip.cli import main
 from softclip.config import load_config
 from softclip.loss import LossConfig
 from softclip.pretrained import from_pretrained
-from softclip.training.trainer import TrainConfig, Trainer, latest_checkpoint, warmup_cosine
 
 TINY = ["--steps", "2", "--batch-size", "8", "--synth-size", "32", "--workers", "0", "--no-eval"]
 VARIANT_TERMS = {
@@ -106,11 +106,29 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     config = load_config("tiny-vit")
     config.vision.stem, config.vision.stem_channels = "patch", []
     config.save(tmp_path / "tiny-vit-patch.json")
-    args = ["train", "--model", str(tmp_path / "tiny-vit-patch.json"), "--roi-tag-align", "1", "--detach-targets", *TINY]
+    args = [
+        "train",
+        "--model",
+        str(tmp_path / "tiny-vit-patch.json"),
+        "--roi-tag-align",
+        "1",
+        "--detach-targets",
+        *TINY,
+    ]
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "-m", "softclip.cli", *args, "--out", str(tmp_path / "ddp")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "softclip.cli",
+        *args,
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     single = from_pretrained(tmp_path / "single" / "final").state_dict()
