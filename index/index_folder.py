@@ -39,7 +39,7 @@ class IndexMismatchError(ValueError):
     """The model at hand is not the one the index was built with."""
 
 
-class IndexBusyError(RuntimeError):
+class IndexBusyError(BlockingIOError):
     """Another process is writing to the index folder."""
 
 

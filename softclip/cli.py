@@ -36,30 +36,47 @@ def _presets(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
-@command("label", "label images zero-shot with a checkpoint or an export folder")
+@command("label", "label images or a whole folder zero-shot with a checkpoint or an export folder")
 def _label(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("images", nargs="+", help="image files, or one folder (with --out)")
     parser.add_argument("--model", required=True, help="checkpoint folder, Hub id or ONNX export folder")
     parser.add_argument("--labels", required=True, help="comma-separated labels, e.g. 'cat,dog,car'")
+    parser.add_argument("--out", default=None, help="CSV to write (labels every image under a folder)")
     parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--max-megapixels", type=float, default=100.0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def run(args: argparse.Namespace) -> int:
+        labels = parse_labels(args.labels)
+        if args.out:
+            return label_folder_to_csv(args, labels)
         from softclip.zeroshot import label
 
-        labels = parse_labels(args.labels)
         results = label(args.images, labels, model=args.model, top_k=args.top_k)
         if args.json:
             rows = [
-                {"image": str(path), "labels": [vars(s) for s in scores]} for path, scores in zip(args.images, results)
+                {"image": str(path), "labels": [vars(s) for s in ranked]} for path, ranked in zip(args.images, results)
             ]
             print(json.dumps(rows, indent=2))
         else:
-            for path, scores in zip(args.images, results):
-                print(f"{path}\t" + "  ".join(f"{s.label} {s.probability:.3f}" for s in scores))
+            for path, ranked in zip(args.images, results):
+                print(f"{path}\t" + "  ".join(f"{s.label} {s.probability:.3f}" for s in ranked))
         return 0
 
     parser.set_defaults(run=run)
+
+
+def label_folder_to_csv(args: argparse.Namespace, labels: list[str]) -> int:
+    from softclip.encoder import open_encoder
+    from softclip.index import label_folder
+
+    if len(args.images) != 1:
+        raise SystemExit("softclip: label --out takes one folder")
+    report = label_folder(
+        args.images[0], open_encoder(args.model), labels, args.out, top_k=args.top_k, max_megapixels=args.max_megapixels
+    )
+    print(report)
+    return 0
 
 
 @command("train", "train a CLIP or SoftCLIP model (runs unchanged under torchrun)")
@@ -194,6 +211,144 @@ def _eval(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+@command("export", "export a checkpoint's towers to ONNX (parity measured and recorded)")
+def _export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint folder or Hub id")
+    parser.add_argument("--out", required=True, help="export folder to write")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="fp16 weights (for GPUs)")
+    precision.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (for CPUs)")
+
+    def run(args: argparse.Namespace) -> int:
+        from softclip.export import export_model
+        from softclip.export.folder import read_info
+
+        out = export_model(args.checkpoint, args.out, fp16=args.fp16, int8=args.int8)
+        print(f"exported to {out}\n" + json.dumps(read_info(out).get("parity", {}), indent=2))
+        return 0
+
+    parser.set_defaults(run=run)
+
+
+@command("index", "index a folder of images (incremental); 'softclip index merge --index DIR' joins shards")
+def _index(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", help="folder of images, or 'merge' to merge the shards of --index")
+    parser.add_argument("--index", required=True, help="index folder")
+    parser.add_argument("--model", default=None, help="ONNX export folder (default: the one the index was built with)")
+    parser.add_argument("--factory", default=None, help="FAISS factory string, e.g. HNSW32 or IVF1024,PQ64")
+    parser.add_argument("--shard", default=None, help="embed only shard i of n, as 'i/n'")
+    parser.add_argument("--max-megapixels", type=float, default=100.0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads")
+
+    def run(args: argparse.Namespace) -> int:
+        from softclip import index
+
+        if args.folder == "merge":
+            report = index.merge_shards(index.find_shard_dirs(args.index), args.index, factory=args.factory)
+            print(report)
+            return 0
+        shard = parse_shard(args.shard)
+        encoder = open_encoder_or_none(args.model)
+        if encoder is None:
+            encoder = index.ImageIndex.open(args.index).encoder
+        report = index.build_index(
+            args.folder,
+            encoder,
+            args.index,
+            factory=args.factory,
+            shard=shard,
+            max_megapixels=args.max_megapixels,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+        print(index.format_report(report))
+        return 0
+
+    parser.set_defaults(run=run)
+
+
+def open_encoder_or_none(model: str | None):
+    if model is None:
+        return None
+    from softclip.encoder import open_encoder
+
+    return open_encoder(model)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'2/8' -> (2, 8), with a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"softclip: --shard takes 'i/n' (e.g. 0/4), not {text!r}") from None
+    if not 0 <= i < n:
+        raise SystemExit(f"softclip: --shard {text}: i must be in [0, n)")
+    return i, n
+
+
+def output_format(args: argparse.Namespace) -> str:
+    return "json" if args.json else "paths" if getattr(args, "paths", False) else "table"
+
+
+@command("search", "search an index by text ('beach + 2:sunset - people') or by image")
+def _search(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("index", help="index folder")
+    parser.add_argument("query", nargs="?", default=None, help="text query; terms may be weighted and subtracted")
+    parser.add_argument("--image", default=None, help="search by this image instead")
+    parser.add_argument("-k", type=int, default=10, help="number of results")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--paths", action="store_true", help="print only the paths, one a line")
+
+    def run(args: argparse.Namespace) -> int:
+        from softclip.index import ImageIndex, format_hits
+
+        if (args.query is None) == (args.image is None):
+            raise SystemExit("softclip: search needs a text query or --image PATH (one of them)")
+        with ImageIndex.open(args.index) as index:
+            hits = index.search_image(args.image, args.k) if args.image else index.search_text(args.query, args.k)
+        print(format_hits(hits, output_format(args)))
+        return 0
+
+    parser.set_defaults(run=run)
+
+
+@command("describe", "the texts of an index's text collection closest to an image")
+def _describe(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("index", help="index folder (with texts added by index-texts)")
+    parser.add_argument("image", help="image file")
+    parser.add_argument("-k", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+
+    def run(args: argparse.Namespace) -> int:
+        from softclip.index import ImageIndex, format_hits
+
+        with ImageIndex.open(args.index) as index:
+            print(format_hits(index.describe(args.image, args.k), output_format(args)))
+        return 0
+
+    parser.set_defaults(run=run)
+
+
+@command("index-texts", "embed a text file (one text a line) into an index for image-to-text lookup")
+def _index_texts(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("index", help="index folder")
+    parser.add_argument("texts", help="text file, one caption, tag or word a line")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from softclip.index import index_texts
+
+        count = index_texts(args.index, Path(args.texts).read_text().splitlines())
+        print(f"{count} texts indexed")
+        return 0
+
+    parser.set_defaults(run=run)
+
+
 def parse_labels(text: str) -> list[str]:
     """'cat, dog,,car' -> ['cat', 'dog', 'car'], with a clear error when nothing is left."""
     labels = [part.strip() for part in text.split(",") if part.strip()]
@@ -211,9 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `softclip` console script; tests call it with a list of arguments."""
+    """Entry point of the `softclip` console script; tests call it with a list of arguments.
+
+    Bad input (a missing file, a mismatched model, a corrupt checkpoint) ends with one clear line on
+    stderr and exit status 2, not a traceback.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, OSError) as error:  # IndexBusyError is an OSError too
+        print(f"softclip: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

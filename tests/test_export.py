@@ -32,12 +32,12 @@ from softclip.export import (
 )
 from softclip.export.folder import IMAGE_GRAPH, INFO_FILE, TEXT_GRAPH, graphs_id, read_info
 
+import softclip
 from softclip.encoder import Encoder, TorchEncoder, load_pixels, state_dict_id
 from softclip.model import create_model
 from softclip.pretrained import from_pretrained, save_pretrained
 from softclip.tokenizer import Tokenizer
 from softclip.transform import PreprocessConfig
-from softclip.zeroshot import label
 
 PRESETS = ["tiny-vit", "tiny-rn"]
 EMBED_DIM, IMAGE_SIZE, CONTEXT_LENGTH = 128, 64, 32  # both tiny presets
@@ -163,8 +163,8 @@ def test_onnx_encoder_follows_the_encoder_protocol(exported: Exported, torch_enc
 def test_label_through_export_agrees_with_the_checkpoint(exported: Exported) -> None:
     images = parity_samples(6, seed=1)[0]
     labels = ["red circle", "blue square", "green triangle", "yellow stripes"]
-    through_onnx = label(images, labels, model=exported.folder, top_k=len(labels))
-    through_torch = label(images, labels, model=exported.checkpoint, top_k=len(labels))
+    through_onnx = softclip.label(images, labels, model=exported.folder, top_k=len(labels))
+    through_torch = softclip.label(images, labels, model=exported.checkpoint, top_k=len(labels))
     for onnx_scores, torch_scores in zip(through_onnx, through_torch, strict=True):
         assert onnx_scores[0].label == torch_scores[0].label
         onnx_probabilities = {score.label: score.probability for score in onnx_scores}
@@ -292,8 +292,10 @@ def test_export_refuses_a_folder_that_is_not_an_export(vit_checkpoint: Path, tmp
 def test_export_refuses_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not both"):
         export_model("unused", tmp_path / "out", fp16=True, int8=True)
+    bare = create_model("tiny-rn")
+    del bare.tokenizer, bare.preprocess_config
     with pytest.raises(ExportError, match="has no tokenizer, preprocess_config"):
-        export_model(create_model("tiny-rn"), tmp_path / "out")
+        export_model(bare, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
