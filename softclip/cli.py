@@ -349,6 +349,51 @@ def _index_texts(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+@command("app", "serve the Gradio app over an index (search, labels, heatmaps)")
+def _app(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, help="index folder")
+    parser.add_argument("--model", required=True, help="checkpoint folder (for the heatmaps)")
+    parser.add_argument("--export", default=None, help="ONNX export folder (default: the one the index names)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--auth", default=None, help="'user:password' to require a login")
+
+    def run(args: argparse.Namespace) -> int:
+        from softclip.app.app import launch
+
+        launch(args.index, args.model, args.export, host=args.host, port=args.port, auth=args.auth)
+        return 0
+
+    parser.set_defaults(run=run)
+
+
+@command("demo", "train a small SoftCLIP on SynthScenes, export, index a gallery and open the app")
+def _demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir", default=None, help="where the demo keeps its artefacts (default: ~/.cache/softclip/demo)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 600)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--gallery", type=int, default=None, help="gallery size (default 2000)")
+    parser.add_argument("--no-launch", action="store_true", help="build everything, then stop")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from softclip.app.demo import DemoConfig, default_folder, run_demo
+
+        config = DemoConfig(Path(args.dir) if args.dir else default_folder())
+        for name in ("steps", "batch_size", "gallery"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+        run_demo(config, launch=not args.no_launch, host=args.host, port=args.port)
+        return 0
+
+    parser.set_defaults(run=run)
+
+
 def parse_labels(text: str) -> list[str]:
     """'cat, dog,,car' -> ['cat', 'dog', 'car'], with a clear error when nothing is left."""
     labels = [part.strip() for part in text.split(",") if part.strip()]

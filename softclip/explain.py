@@ -29,7 +29,7 @@ model). Words are located by ``Tokenizer.word_spans``, so deleting a word delete
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +88,7 @@ class WordHeatmap:
 
     word: str  # the word or phrase as written in the caption
     heatmap: np.ndarray  # float32 [H, W] in [0, 1], H = W = the preprocessed image's side
-    score: float  # cosine similarity between the image embedding and the query's text embedding
+    score: float  # cosine similarity of the image embedding and the query's text embedding (see ``METHODS``)
 
 
 class PointingScene(NamedTuple):
@@ -116,7 +116,7 @@ class Query(NamedTuple):
 
 
 @contextmanager
-def _eval_mode(model: nn.Module):
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """BatchNorm and dropout as at inference; the model's own mode comes back afterwards."""
     was_training = model.training
     model.eval()
@@ -153,6 +153,7 @@ def gradcams(model: nn.Module, image_tensor: Tensor, text_embeddings: Tensor) ->
     One forward pass; one backward pass per text embedding. A zero text embedding gives an all-zero map.
     """
     _check_image_tensor(image_tensor)
+    text_embeddings = torch.as_tensor(text_embeddings)
     if text_embeddings.ndim != 2:
         raise ValueError(f"text_embeddings must be [Q, D], got {list(text_embeddings.shape)}")
     targets = F.normalize(text_embeddings.detach().float(), dim=-1)  # (Q, D)
@@ -180,6 +181,7 @@ def gradcam(model: nn.Module, image_tensor: Tensor, text_embedding: Tensor) -> n
 
     ``image_tensor`` is one preprocessed image ``[1, 3, H, W]``; ``h, w`` is the feature map's grid.
     """
+    text_embedding = torch.as_tensor(text_embedding)
     if text_embedding.ndim != 1:
         raise ValueError(f"text_embedding must be one vector [D], got {list(text_embedding.shape)}")
     return gradcams(model, image_tensor, text_embedding[None])[0][0]
@@ -334,6 +336,10 @@ def find_queries(
         raise ValueError(f"caption must be a non-empty string, got {caption!r}")
     tokenizer = _tokenizer(model)
     spans = tokenizer.word_spans(caption, model.config.text.context_length)
+    if isinstance(words, str):
+        words = [words]
+    if words is not None and len(words) == 0:
+        raise ValueError("words is empty: name at least one word, or pass None for the caption's content words")
     if words is not None:
         return requested_queries(tokenizer, caption, spans, words)
     queries = content_queries(caption, spans, phrases)

@@ -1,0 +1,147 @@
+"""`softclip demo`: from nothing to a running app on the embedded SynthScenes data, with no download.
+
+Each stage leaves its result in the demo folder and is skipped when that result is already there, so a
+second run starts the app within seconds and an interrupted run continues where it stopped (training
+resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from softclip.loss import LossConfig
+
+GALLERY_SEED = 7  # test-split scenes, not seen in training (the train split uses its own seed)
+
+
+@dataclass
+class DemoConfig:
+    folder: Path
+    steps: int = 600
+    batch_size: int = 128
+    gallery: int = 2000
+    eval_size: int = 500  # scenes per evaluation set for the metrics the demo reports
+
+
+def default_folder() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "softclip" / "demo"
+
+
+def train_model(config: DemoConfig) -> Path:
+    """tiny-vit with the SoftCLIP loss on SynthScenes; resumes an interrupted run."""
+    final = config.folder / "train" / "final"
+    if (final / "model.safetensors").is_file():
+        return final
+    from softclip.training.trainer import TrainConfig, train
+
+    print(
+        f"training tiny-vit with the SoftCLIP loss for {config.steps} steps (SynthScenes, 2 CPU cores: a few minutes)"
+    )
+    train_config = TrainConfig(
+        model="tiny-vit",
+        data="synth",
+        out=str(config.folder / "train"),
+        loss=LossConfig(),
+        steps=config.steps,
+        batch_size=config.batch_size,
+        save_every=100,
+        evaluate=False,
+    )
+    return train(train_config, resume="latest")
+
+
+def export(checkpoint: Path, config: DemoConfig) -> Path:
+    out = config.folder / "export"
+    if (out / "export.json").is_file():
+        return out
+    from softclip.export import export_model
+
+    print("exporting the towers to ONNX")
+    return export_model(checkpoint, out)
+
+
+def render_gallery(config: DemoConfig) -> tuple[Path, Path]:
+    """2,000 test scenes as PNG files, and a text file of their captions and detector tags."""
+    from softclip.training.synthetic import SynthConfig, SynthScenes
+
+    gallery, texts = config.folder / "gallery", config.folder / "texts.txt"
+    if texts.is_file():
+        return gallery, texts
+    print(f"rendering a gallery of {config.gallery} scenes")
+    data = SynthScenes(SynthConfig(split="test"), length=config.gallery, seed=GALLERY_SEED)
+    gallery.mkdir(parents=True, exist_ok=True)
+    lines: set[str] = set()
+    for i in range(config.gallery):
+        sample = data[i]
+        sample.image.save(gallery / f"scene-{i:05d}.png")
+        lines.update(sample.clean_captions)
+        lines.update(tag.strip() for tag in sample.tags.split(","))
+    tmp = texts.with_suffix(".tmp")
+    tmp.write_text("\n".join(sorted(lines)) + "\n")
+    tmp.replace(texts)  # written last: its presence means the gallery is complete
+    return gallery, texts
+
+
+def build_index(export_dir: Path, gallery: Path, texts: Path, config: DemoConfig) -> Path:
+    from softclip.export import OnnxEncoder
+    from softclip.index import build_index as index_folder
+    from softclip.index import format_report, index_texts
+
+    index = config.folder / "index"
+    done = index / "demo-complete"
+    if done.is_file():
+        return index
+    print("indexing the gallery and its texts")
+    encoder = OnnxEncoder(export_dir)
+    print(format_report(index_folder(gallery, encoder, index)))
+    index_texts(index, texts.read_text().splitlines(), encoder)
+    done.write_text("ok\n")
+    return index
+
+
+def measure(checkpoint: Path, config: DemoConfig) -> dict:
+    """Zero-shot, retrieval and pointing-game numbers of the demo model (kept in metrics.json)."""
+    path = config.folder / "metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from softclip.encoder import open_encoder
+    from softclip.pretrained import from_pretrained
+    from softclip.training import synth_eval
+
+    print("measuring the demo model (zero-shot, retrieval, pointing game)")
+    model = from_pretrained(checkpoint)
+    encoder = open_encoder(model)
+    n = config.eval_size
+    metrics = synth_eval.zeroshot(encoder, n_shapes=n, n_colour_shape=max(n, 640))
+    metrics |= synth_eval.retrieval_metrics(encoder, n=n) | synth_eval.pointing(model, n=n)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def build(config: DemoConfig) -> dict[str, Path]:
+    """Every artefact of the demo, built or reused; returns their locations."""
+    config.folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = train_model(config)
+    export_dir = export(checkpoint, config)
+    gallery, texts = render_gallery(config)
+    index = build_index(export_dir, gallery, texts, config)
+    metrics = measure(checkpoint, config)
+    summary = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("colour_shape_top1", "i2t_r1", "pointing") if k in metrics)
+    print(f"demo model: {summary}")
+    return {"checkpoint": checkpoint, "export": export_dir, "index": index}
+
+
+def run_demo(config: DemoConfig, launch: bool = True, host: str = "127.0.0.1", port: int = 7860) -> dict[str, Path]:
+    """Build (or reuse) the demo and, with `launch`, serve the app until interrupted."""
+    paths = build(config)
+    if launch:
+        from softclip.app.app import build_app, serve
+
+        app = build_app(paths["index"], paths["checkpoint"], paths["export"])
+        print(f"softclip demo running at http://{host}:{port}  (Ctrl-C to stop)", flush=True)
+        serve(app, host=host, port=port)
+    return paths
