@@ -39,12 +39,12 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from softclip.index import ImageDecodeError, ImageIndex, SearchHit, TextHit  # noqa: E402
-from softclip.index.decode import load_rgb  # noqa: E402
-from softclip.index.search import combine, parse_query  # noqa: E402
 
 from softclip.encoder import Encoder, state_dict_id  # noqa: E402
 from softclip.explain import WordHeatmap, explain, overlay  # noqa: E402
+from softclip.index import ImageDecodeError, ImageIndex, SearchHit, TextHit  # noqa: E402
+from softclip.index.decode import load_rgb  # noqa: E402
+from softclip.index.search import combine, parse_query  # noqa: E402
 from softclip.pretrained import from_pretrained  # noqa: E402
 from softclip.transform import load_image, resize_and_crop  # noqa: E402
 from softclip.zeroshot import label  # noqa: E402
@@ -109,7 +109,7 @@ def shown_to_user(handler: Callable) -> Callable:
     return run
 
 
-# ---- request checks ------------------------------------------------------------------------------------------------
+# ---- request checks --------------------------------------------------------------------------------------------------
 
 
 def check_text(text: str | None, limits: Limits, what: str = "query") -> str:
@@ -142,7 +142,8 @@ def parse_labels(text: str | None, limits: Limits) -> list[str]:
         raise UserError(f"Too many labels: {len(labels)}, the limit is {limits.max_labels}.")
     too_long = [item for item in labels if len(item) > limits.max_label_chars]
     if too_long:
-        raise UserError(f"The label {too_long[0][:40]!r}... is too long: the limit is {limits.max_label_chars} characters.")
+        limit = limits.max_label_chars
+        raise UserError(f"The label {too_long[0][:40]!r}... is too long: the limit is {limit} characters.")
     return labels
 
 
@@ -158,6 +159,7 @@ def uploaded_image(payload: dict | None, limits: Limits) -> Image.Image:
     size = os.path.getsize(path)
     if size > limits.max_upload_bytes:
         raise UserError(f"The file is {size / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB.")
+    check_pixels(path, limits.max_megapixels)
     try:
         return load_rgb(path, limits.max_megapixels)
     except ImageDecodeError:
@@ -166,7 +168,21 @@ def uploaded_image(payload: dict | None, limits: Limits) -> Image.Image:
         raise UserError(f"That file cannot be read as an image ({type(error).__name__}).") from None
 
 
-# ---- what the app shows --------------------------------------------------------------------------------------------
+def check_pixels(path: str, max_megapixels: float) -> None:
+    """Refuse an image larger than ``max_megapixels`` by its header, before any pixel is decoded."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # not an image, or one Pillow refuses outright: decoding says why
+        return
+    if width * height > max_megapixels * 1e6:
+        raise UserError(
+            f"The image is {width}x{height} ({width * height / 1e6:.1f} megapixels), "
+            f"the limit is {max_megapixels:g} megapixels."
+        )
+
+
+# ---- what the app shows ----------------------------------------------------------------------------------------------
 
 
 def thumbnail(path: str, side: int, max_megapixels: float) -> Image.Image:
@@ -206,7 +222,7 @@ def text_rows(hits: list[TextHit]) -> list[list[Any]]:
 
 
 def heatmap_items(model: torch.nn.Module, image: Image.Image, heatmaps: list[WordHeatmap]) -> GalleryItems:
-    """One overlay per word, drawn on the crop the model saw (rendered at ``HEATMAP_SIDE``), captioned 'word · score'."""
+    """One overlay per word on the crop the model saw (drawn at ``HEATMAP_SIDE``), captioned 'word · score'."""
     crop = resize_and_crop(image, dataclasses.replace(model.preprocess_config, size=HEATMAP_SIDE))
     return [(overlay(crop, item.heatmap), f"{item.word} · {item.score:.3f}") for item in heatmaps]
 
@@ -446,7 +462,7 @@ def build_app(
     return build_blocks(AppState.load(index_dir, checkpoint, export_dir, limits))
 
 
-# ---- serving -----------------------------------------------------------------------------------------------------------
+# ---- serving ---------------------------------------------------------------------------------------------------------
 
 
 def parse_auth(auth: str | tuple[str, str] | None) -> tuple[str, str] | None:

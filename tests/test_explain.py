@@ -210,6 +210,9 @@ def test_requested_words_and_phrases_are_found_in_any_case(word_model: nn.Module
         find_queries(word_model, "a red circle", ["green"])
     with pytest.raises(ValueError, match="non-empty strings"):
         find_queries(word_model, "a red circle", [" "])
+    with pytest.raises(ValueError, match="words is empty"):
+        find_queries(word_model, "a red circle", [])
+    assert [q.text for q in find_queries(word_model, "a red circle", "circle")] == ["circle"]  # one word, not letters
 
 
 @pytest.mark.parametrize("caption", ["", "   "])

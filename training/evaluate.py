@@ -51,15 +51,6 @@ def retrieval_recall(image_embeds: np.ndarray, text_embeds: np.ndarray, text_ima
     return metrics
 
 
-def pointing_hits(heatmaps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Whether each heatmap's peak lies inside its box; heatmaps (N, H, W), boxes (N, 4) as x0,y0,x1,y1 in [0,1]."""
-    n, height, width = heatmaps.shape
-    peak = heatmaps.reshape(n, -1).argmax(axis=1)
-    y = (peak // width + 0.5) / height
-    x = (peak % width + 0.5) / width
-    return (x >= boxes[:, 0]) & (x <= boxes[:, 2]) & (y >= boxes[:, 1]) & (y <= boxes[:, 3])
-
-
 # ------------------------------------------------------------------------------------------------ embedding
 
 

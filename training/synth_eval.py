@@ -38,11 +38,11 @@ def retrieval_metrics(encoder: Encoder, n: int = 1000, image_size: int = 64) -> 
 
 def pointing(model, n: int = 500, image_size: int = 64) -> dict:
     """Pointing game of the Grad-CAM heatmaps (needs a torch checkpoint), with a random-peak baseline."""
-    from softclip.explain import pointing_game, random_pointing
+    from softclip.explain import pointing_game, random_peak_baseline
 
     data = synthetic.pointing_set(n, image_size=image_size)
     scenes = list(zip(data.images, data.queries, data.boxes))
-    return {"pointing": pointing_game(model, scenes), "pointing_random": random_pointing(data.boxes)}
+    return {"pointing": pointing_game(model, scenes), "pointing_random": random_peak_baseline(data.boxes, image_size)}
 
 
 def evaluate(encoder: Encoder, task: str, model=None) -> dict:

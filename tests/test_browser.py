@@ -1,0 +1,109 @@
+"""The app in a real browser: Playwright drives Debian's Chromium (``/usr/bin/chromium``, never a downloaded
+one) through a text search, a picked result's heatmaps and an error message, and checks that the page asks
+nothing of any host but the app's own.
+
+Set ``SOFTCLIP_SCREENSHOT=docs/app.png`` to also save the screenshot for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from test_app import AppData, free_port, prepare_app_data
+
+from softclip.app.app import AppState, Limits, build_blocks, serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIMEOUT_MS = 30_000
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install --no-install-recommends chromium)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data: AppData = prepare_app_data(tmp_path_factory)
+    state = AppState.load(data.index, data.checkpoint, limits=Limits())
+    demo = serve(build_blocks(state), port=free_port(), block=False, limits=state.limits)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url: str) -> Iterator:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.other_hosts = []  # every request the page makes to a host other than the app's
+            app_host = urlparse(url).netloc
+            page.on("request", lambda request: _note_host(page, request.url, app_host))
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
+def _note_host(page, request_url: str, app_host: str) -> None:
+    parsed = urlparse(request_url)
+    if parsed.scheme in ("http", "https", "ws", "wss") and parsed.netloc != app_host:
+        page.other_hosts.append(request_url)
+
+
+def _loaded_images(page, selector: str) -> int:
+    """How many images under ``selector`` the browser has actually decoded."""
+    return page.eval_on_selector_all(selector, "images => images.filter(i => i.complete && i.naturalWidth > 0).length")
+
+
+def test_search_pick_a_result_and_see_its_heatmaps(page, tmp_path: Path) -> None:
+    page.locator("#query textarea").fill("a red circle")
+    page.locator("#search").click()
+    page.locator("#results img").first.wait_for()
+    page.wait_for_function("document.querySelectorAll('#results img').length >= 12")
+    assert _loaded_images(page, "#results img") >= 12
+    page.locator("#results img").first.click()
+    page.locator("#heatmaps img").first.wait_for()
+    assert page.locator("#picked").inner_text().endswith(tuple(f"{d}" for d in range(10)))  # "path · similarity x"
+    assert "scene-" in page.locator("#picked").inner_text()
+    page.wait_for_function("document.querySelectorAll('#heatmaps img').length >= 3")
+    assert _loaded_images(page, "#heatmaps img") >= 3  # "red", "circle", "red circle"
+    screenshot = tmp_path / "app.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    assert screenshot.read_bytes()[:8] == PNG_SIGNATURE
+    if os.environ.get("SOFTCLIP_SCREENSHOT"):
+        target = Path(os.environ["SOFTCLIP_SCREENSHOT"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(screenshot, target)
+
+
+def test_an_empty_query_shows_a_message(page) -> None:
+    page.locator("#query textarea").fill("")
+    page.locator("#search").click()
+    page.get_by_text("The query is empty").first.wait_for()
+
+
+def test_the_page_asks_no_other_host(page) -> None:
+    assert page.other_hosts == []
