@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,13 +42,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from softclip.encoder import Encoder, state_dict_id  # noqa: E402
-from softclip.explain import WordHeatmap, explain, overlay  # noqa: E402
+from softclip.explain import STOP_WORDS, WordHeatmap, explain, overlay  # noqa: E402
 from softclip.index import ImageDecodeError, ImageIndex, SearchHit, TextHit  # noqa: E402
 from softclip.index.decode import load_rgb  # noqa: E402
 from softclip.index.search import combine, parse_query  # noqa: E402
 from softclip.pretrained import from_pretrained  # noqa: E402
 from softclip.transform import load_image, resize_and_crop  # noqa: E402
-from softclip.zeroshot import label  # noqa: E402
+from softclip.zeroshot import label as zero_shot_label  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Limits:
 
     @property
     def max_upload_bytes(self) -> int:
+        """``max_upload_mb`` in bytes."""
         return int(self.max_upload_mb * 1_000_000)
 
 
@@ -197,6 +199,11 @@ def thumbnail(path: str, side: int, max_megapixels: float) -> Image.Image:
         return picture.copy()
 
 
+def escape_markdown(text: str) -> str:
+    """``text`` with Markdown's special characters escaped, so that a file name shows as written."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!<>|~])", r"\\\1", text)
+
+
 def hit_caption(hit: SearchHit) -> str:
     """'name.jpg · 0.312': the file name and its similarity to the query."""
     return f"{os.path.basename(hit.path)} · {hit.score:.3f}"
@@ -229,12 +236,11 @@ def heatmap_items(model: torch.nn.Module, image: Image.Image, heatmaps: list[Wor
 
 def word_heatmaps(model: torch.nn.Module, image: Image.Image, caption: str) -> list[WordHeatmap]:
     """Heatmaps of the caption's content words and phrases; a caption of stop words only is explained whole."""
-    try:
-        return explain(model, image, caption)
-    except ValueError as error:
-        if "no content words" not in str(error):
-            raise
-        return explain(model, image, caption, words=[caption])
+    spans = model.tokenizer.word_spans(caption, model.config.text.context_length)
+    if not spans:
+        raise UserError("The caption has no words to explain.")
+    has_content = any(span.word.lower() not in STOP_WORDS for span in spans)
+    return explain(model, image, caption, words=None if has_content else [caption])
 
 
 def heatmap_caption(query: str) -> str:
@@ -267,13 +273,14 @@ class AppState:
         The checkpoint must hold the weights the export was made from, so that heatmaps explain the model
         that ranked the results.
         """
-        encoder = open_export(export_dir) if export_dir is not None else None
-        index = ImageIndex.open(index_dir, encoder)
+        index = ImageIndex.open(index_dir, open_export(export_dir) if export_dir is not None else None)
+        encoder = index_encoder(index)
         model = from_pretrained(checkpoint).to("cuda" if torch.cuda.is_available() else "cpu").eval()
-        check_same_weights(model, index.encoder, checkpoint)
-        return cls(index, index.encoder, model, limits or Limits())
+        check_same_weights(model, encoder, checkpoint)
+        return cls(index, encoder, model, limits or Limits())
 
     def check_not_empty(self) -> None:
+        """A message instead of an empty answer when the index holds no images."""
         if len(self.index) == 0:
             raise UserError("The index is empty: there are no images to search yet. Index a folder of images first.")
 
@@ -300,6 +307,7 @@ class AppState:
         return items, text_rows(self.closest_texts(image))
 
     def closest_texts(self, image: Image.Image) -> list[TextHit]:
+        """The texts (added with ``index_texts``) closest to the image; none, with a note, if the index has none."""
         try:
             return self.index.describe(image, DESCRIBE_K)
         except FileNotFoundError:  # an index without texts: the images alone are still an answer
@@ -311,7 +319,7 @@ class AppState:
         """Zero-shot probabilities of the comma-separated labels for an uploaded image, as {label: probability}."""
         labels = parse_labels(labels_text, self.limits)
         image = uploaded_image(upload, self.limits)
-        scores = label([image], labels, model=self.encoder, top_k=len(labels))[0]
+        scores = zero_shot_label([image], labels, model=self.encoder, top_k=len(labels))[0]
         return {score.label: score.probability for score in scores}
 
     @shown_to_user
@@ -330,7 +338,8 @@ class AppState:
         hit: SearchHit = hits[selection.index]
         image = load_rgb(hit.path, self.limits.max_megapixels)
         heatmaps = word_heatmaps(self.model, image, heatmap_caption(search["query"]))
-        return f"**{hit.path}** · similarity {hit.score:.3f}", heatmap_items(self.model, image, heatmaps)
+        picked = f"**{escape_markdown(hit.path)}** · similarity {hit.score:.3f}"
+        return picked, heatmap_items(self.model, image, heatmaps)
 
 
 def open_export(export_dir: str | os.PathLike) -> Encoder:
@@ -338,6 +347,14 @@ def open_export(export_dir: str | os.PathLike) -> Encoder:
     from softclip.export import OnnxEncoder
 
     return OnnxEncoder(export_dir)
+
+
+def index_encoder(index: ImageIndex) -> Encoder:
+    """The encoder the index searches with: the export it names, opened now so that a problem shows at start."""
+    try:
+        return index.encoder
+    except (ValueError, FileNotFoundError) as error:
+        raise ValueError(f"{error} (name the export folder with export_dir, or --export)") from error
 
 
 def check_same_weights(model: torch.nn.Module, encoder: Encoder, checkpoint: str | os.PathLike) -> None:
@@ -381,9 +398,10 @@ def text_search_tab(state: AppState) -> None:
     picked = gr.Markdown(elem_id="picked")
     heatmaps = _results_gallery("Where each word of the query points", "heatmaps")
     last_search = gr.State({})
-    gr.on(
-        [search.click, query.submit], state.search_text, [query, k], [results, last_search], api_name="search_text"
-    ).then(lambda: ("", None), None, [picked, heatmaps], api_visibility="private", queue=False)
+    # The last pick's heatmaps go first, so that none can arrive after the new results.
+    gr.on([search.click, query.submit], lambda: ("", None), None, [picked, heatmaps], api_visibility="private").then(
+        state.search_text, [query, k], [results, last_search], api_name="search_text"
+    )
     results.select(
         state.explain_hit,
         [last_search],
@@ -403,7 +421,14 @@ def image_search_tab(state: AppState) -> None:
             search = gr.Button("Find similar images", variant="primary", elem_id="search-image")
             texts = gr.Dataframe(headers=["text", "score"], label="Closest texts", interactive=False, elem_id="texts")
     similar = _results_gallery("Similar images", "similar")
-    search.click(state.search_image, [image, k], [similar, texts], api_name="search_image", preprocess=False)
+    gr.on(
+        [search.click, image.upload],
+        state.search_image,
+        [image, k],
+        [similar, texts],
+        api_name="search_image",
+        preprocess=False,
+    )
 
 
 def label_tab(state: AppState) -> None:
@@ -547,4 +572,4 @@ def demo_from_environment() -> gr.Blocks:
 demo = demo_from_environment()
 
 if __name__ == "__main__":
-    serve(demo)
+    serve(demo, port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))

@@ -133,11 +133,15 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--table-only", action="store_true", help="tabulate the runs finished so far")
     args = parser.parse_args()
     started = time.perf_counter()
-    jobs = [(row, seed) for seed in args.seeds for row in args.rows]
-    with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda job: run_one(*job, args), jobs))
+    if args.table_only:
+        results = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
+    else:
+        jobs = [(row, seed) for seed in args.seeds for row in args.rows]  # every row once before any second seed
+        with ThreadPoolExecutor(args.parallel) as pool:
+            results = list(pool.map(lambda job: run_one(*job, args), jobs))
     text = table(results, args.rows)
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
     footer = (

@@ -349,6 +349,26 @@ def _index_texts(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+@command("explain", "per-word Grad-CAM heatmaps of a caption over an image, as one panel")
+def _explain(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="image file")
+    parser.add_argument("caption", help="caption whose content words are explained")
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (heatmaps need the torch model)")
+    parser.add_argument("--out", default="heatmaps.png", help="PNG to write")
+    parser.add_argument("--words", default=None, help="comma-separated words or phrases to explain instead")
+
+    def run(args: argparse.Namespace) -> int:
+        from softclip.explain import explain_panel
+        from softclip.pretrained import from_pretrained
+
+        words = parse_labels(args.words) if args.words else None
+        explain_panel(from_pretrained(args.model), args.image, args.caption, words).save(args.out)
+        print(args.out)
+        return 0
+
+    parser.set_defaults(run=run)
+
+
 @command("app", "serve the Gradio app over an index (search, labels, heatmaps)")
 def _app(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="index folder")

@@ -1,9 +1,9 @@
 """Grad-CAM heatmaps: which regions of an image each word of a caption points at.
 
 Grad-CAM here targets the cosine similarity between the image embedding and a text embedding, taken at
-the image tower's last spatial features ``A`` (ResNet: the last stage's map; ViT: the patch tokens
-entering the last block, as a grid): ``w_c = mean_xy d(sim)/dA_cxy`` and ``cam = relu(sum_c w_c A_c)``,
-scaled to [0, 1], then upsampled bilinearly to the preprocessed (resized, centre-cropped) image.
+the spatial feature map ``A`` that ``model.image_feature_map`` returns with the embedding computed from it:
+``w_c = mean_xy d(sim)/dA_cxy`` and ``cam = relu(sum_c w_c A_c)``, divided by its peak (all zeros when
+nothing is positive), then upsampled bilinearly to the preprocessed (resized, centre-cropped) image.
 
 Which words: every content word of the caption, i.e. every word not in ``STOP_WORDS`` (articles,
 prepositions, conjunctions, pronouns, forms of "to be", spatial relation words such as "left" or "above",
@@ -15,15 +15,19 @@ How a word becomes a text embedding, queried in its caption's context (``method`
 
 - ``"contribution"`` (default): the caption's embedding minus the embedding of the caption with the
   word's tokens deleted. Grad-CAM of its cosine with the image is Grad-CAM of how much the caption's
-  match with the image drops without the word. The difference also cancels the direction every caption
-  shares, which would otherwise light up the same salient region for every word.
+  match with the image drops without the word. The difference also cancels the direction that all text
+  sharing the rest of the caption has, which would otherwise light up the same region for every word.
 - ``"isolate"``: the caption with every *other* content word deleted (stop words and the word stay).
 - ``"template"``: the word alone in a short prompt (``DEFAULT_TEMPLATE``), without the caption.
 
-The default was chosen by the pointing game (``pointing_game``) on a small ViT trained contrastively on
-scenes of two to three coloured shapes, querying one object's colour in a caption that names all of them:
-"contribution" pointed at the right object most often (see ``tests/test_explain.py``, which trains such a
-model). Words are located by ``Tokenizer.word_spans``, so deleting a word deletes exactly its tokens.
+Words are located by ``Tokenizer.word_spans``, so deleting a word deletes exactly its tokens. The default
+comes from the pointing game on two kinds of trained ViT. On scenes of 2-4 coloured shapes (the tiny-vit
+preset after 600 CLIP steps of batch 64; 150 scenes, random peak 8%), with one object's "colour shape"
+named inside a caption listing every object, contribution and isolate tie (56% and 57%) and template
+trails (47%); with the query alone in ``DEFAULT_TEMPLATE`` as its context (``pointing_game`` without a
+caption), contribution reaches 65% where the prompt's own embedding (isolate, template) gets 47%. On toy
+scenes of two coloured squares (4 training seeds, random peak 6%) contribution and isolate again tie
+(73% and 72%) ahead of template (62%).
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ class PointingScene(NamedTuple):
     image: str | Path | Image.Image
     query: str
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the preprocessed image side
-    caption: str | None = None  # the context the query is asked in; None: the query alone
+    caption: str | None = None  # the context the query is asked in; None: the query inside a prompt template
 
 
 class Query(NamedTuple):
@@ -519,15 +523,15 @@ def pointing_game(
     method: str = DEFAULT_METHOD,
     template: str = DEFAULT_TEMPLATE,
 ) -> float:
-    """Fraction of scenes whose query heatmap peaks inside the scene's box.
+    """Fraction of scenes whose query heatmap peaks inside the scene's box (see ``pointing_hits``).
 
     Each scene is a ``PointingScene`` or a tuple ``(image, query, box)`` or ``(image, query, box, caption)``;
-    the query is explained in its caption's context (the query alone when there is no caption).
+    the query is explained in its caption's context, or inside ``template`` when the scene has no caption.
     """
     heatmaps, boxes = [], []
     for scene in scenes:
         scene = PointingScene(*scene)
-        caption = scene.caption if scene.caption is not None else scene.query
+        caption = scene.caption if scene.caption is not None else template.format(scene.query)
         heatmaps.append(
             explain(model, scene.image, caption, [scene.query], method=method, template=template)[0].heatmap
         )

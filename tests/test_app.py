@@ -20,6 +20,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from softclip.app.app import (
@@ -30,6 +32,7 @@ from softclip.app.app import (
     build_app,
     build_blocks,
     demo_from_environment,
+    escape_markdown,
     parse_auth,
     serve,
 )
@@ -40,10 +43,6 @@ from softclip.pretrained import save_pretrained
 from softclip.tokenizer import Tokenizer
 from softclip.training.synthetic import caption_for, render_scene, sample_scene
 from softclip.transform import PreprocessConfig
-
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
 
 SCENES = 12
 # Small limits so that "too big" inputs are cheap to make.
@@ -222,12 +221,17 @@ def test_explain_returns_one_heatmap_per_content_word_and_phrase(client: Client,
             assert np.asarray(heatmap.convert("RGB")).std() > 1  # an overlay, not a blank tile
 
 
+def test_a_caption_of_stop_words_is_explained_whole(client: Client, data: AppData) -> None:
+    items = client.predict(handle_file(data.photos / "scene-01.png"), "the one on the left", api_name="/explain")
+    assert [item["caption"].rsplit(" · ", 1)[0] for item in items] == ["the one on the left"]
+
+
 def test_picking_a_result_shows_the_query_heatmaps_over_it(state: AppState) -> None:
     import gradio as gr
 
     items, search = state.search_text("a red circle", 3)
     picked, heatmaps = state.explain_hit(search, gr.SelectData(None, {"index": 1, "value": None}))
-    assert search["hits"][1].path in picked
+    assert escape_markdown(search["hits"][1].path) in picked  # shown as written: '_' or '*' stay characters
     assert [caption.rsplit(" · ", 1)[0] for _, caption in heatmaps] == ["red", "circle", "red circle"]
     with pytest.raises(gr.Error, match="Pick one of the results"):
         state.explain_hit(search, gr.SelectData(None, {"index": 7, "value": None}))
@@ -266,6 +270,7 @@ BAD_INPUTS = [
     ("/label", lambda data: (handle_file(_not_an_image(data)), "cat, dog"), "cannot be read as an image"),
     ("/explain", lambda data: (handle_file(data.photos / "scene-00.png"), ""), "The caption is empty"),
     ("/explain", lambda data: (handle_file(_not_an_image(data)), "a red circle"), "cannot be read as an image"),
+    ("/explain", lambda data: (handle_file(data.photos / "scene-00.png"), "?!"), "The caption has no words"),
 ]
 
 
@@ -347,6 +352,18 @@ def test_the_export_can_be_named_explicitly(data: AppData) -> None:
     state = AppState.load(data.index, data.checkpoint, data.export)
     assert state.encoder.model_id == state.index.encoder.model_id
     assert len(state.index) == SCENES
+
+
+def test_a_login_is_required_when_auth_is_set(state: AppState) -> None:
+    demo = serve(build_blocks(state), port=free_port(), auth="ann:s3cret", block=False, limits=state.limits)
+    try:
+        assert httpx.get(demo.local_url.rstrip("/") + "/config").status_code == 401
+        with pytest.raises(Exception, match="(?i)login|auth|401"):
+            Client(demo.local_url, verbose=False, analytics_enabled=False, auth=("ann", "wrong"))
+        client = Client(demo.local_url, verbose=False, analytics_enabled=False, auth=("ann", "s3cret"))
+        assert client.predict("a red circle", 2, api_name="/search_text")
+    finally:
+        demo.close()
 
 
 def test_auth_is_user_colon_password() -> None:

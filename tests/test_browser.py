@@ -8,6 +8,7 @@ Set ``SOFTCLIP_SCREENSHOT=docs/app.png`` to also save the screenshot for the REA
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = 60_000  # generous: a shared machine under load renders slowly
 
 if not CHROMIUM.exists():
     pytest.skip(
@@ -51,44 +52,48 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def page(url: str) -> Iterator:
+def other_hosts() -> list[str]:
+    """Every request the page makes to a host other than the app's."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def page(url: str, other_hosts: list[str]) -> Iterator:
+    app_host = urlparse(url).netloc
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
-            page.other_hosts = []  # every request the page makes to a host other than the app's
-            app_host = urlparse(url).netloc
-            page.on("request", lambda request: _note_host(page, request.url, app_host))
+            page.on("request", lambda request: other_hosts.extend(_elsewhere(request.url, app_host)))
             page.goto(url)
             yield page
         finally:
             browser.close()
 
 
-def _note_host(page, request_url: str, app_host: str) -> None:
+def _elsewhere(request_url: str, app_host: str) -> list[str]:
+    """``[request_url]`` when it goes over the network to another host than the app's, else ``[]``."""
     parsed = urlparse(request_url)
-    if parsed.scheme in ("http", "https", "ws", "wss") and parsed.netloc != app_host:
-        page.other_hosts.append(request_url)
+    return [request_url] if parsed.scheme in ("http", "https", "ws", "wss") and parsed.netloc != app_host else []
 
 
-def _loaded_images(page, selector: str) -> int:
-    """How many images under ``selector`` the browser has actually decoded."""
-    return page.eval_on_selector_all(selector, "images => images.filter(i => i.complete && i.naturalWidth > 0).length")
+def _wait_for_loaded_images(page, selector: str, count: int) -> None:
+    """Wait until the browser has decoded at least ``count`` images under ``selector``."""
+    page.wait_for_function(
+        "([selector, count]) => [...document.querySelectorAll(selector)]"
+        ".filter(image => image.complete && image.naturalWidth > 0).length >= count",
+        arg=[selector, count],
+    )
 
 
 def test_search_pick_a_result_and_see_its_heatmaps(page, tmp_path: Path) -> None:
     page.locator("#query textarea").fill("a red circle")
     page.locator("#search").click()
-    page.locator("#results img").first.wait_for()
-    page.wait_for_function("document.querySelectorAll('#results img').length >= 12")
-    assert _loaded_images(page, "#results img") >= 12
+    _wait_for_loaded_images(page, "#results img", 12)  # the default number of results, all 12 images
     page.locator("#results img").first.click()
-    page.locator("#heatmaps img").first.wait_for()
-    assert page.locator("#picked").inner_text().endswith(tuple(f"{d}" for d in range(10)))  # "path · similarity x"
-    assert "scene-" in page.locator("#picked").inner_text()
-    page.wait_for_function("document.querySelectorAll('#heatmaps img').length >= 3")
-    assert _loaded_images(page, "#heatmaps img") >= 3  # "red", "circle", "red circle"
+    _wait_for_loaded_images(page, "#heatmaps img", 3)  # "red", "circle", "red circle"
+    assert re.fullmatch(r".*scene-\d\d\.png · similarity -?\d\.\d{3}", page.locator("#picked").inner_text().strip())
     screenshot = tmp_path / "app.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
@@ -105,5 +110,7 @@ def test_an_empty_query_shows_a_message(page) -> None:
     page.get_by_text("The query is empty").first.wait_for()
 
 
-def test_the_page_asks_no_other_host(page) -> None:
-    assert page.other_hosts == []
+def test_the_page_asks_no_other_host(page, other_hosts: list[str]) -> None:
+    page.reload()
+    page.locator("#query textarea").wait_for()
+    assert other_hosts == []

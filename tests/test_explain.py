@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -174,6 +176,7 @@ def test_pointing_game_and_its_random_baseline(colour_tokenizer: Tokenizer) -> N
         image, boxes = two_squares("green", "yellow", seed=seed)
         scenes.append(PointingScene(image, "yellow", boxes[1], "green and yellow"))
     assert pointing_game(model, scenes) == 1.0
+    assert pointing_game(model, [(s.image, "yellow", s.box) for s in scenes]) == 1.0  # asked inside the template
     assert pointing_game(model, [(s.image, "green", s.box, s.caption) for s in scenes]) < 0.5  # the wrong square
     assert random_peak_baseline(np.array([s.box for s in scenes]), 32) == pytest.approx(64 / 1024)
 
@@ -257,6 +260,15 @@ def test_gradcam_on_real_towers_is_a_grid_in_unit_range(preset: str, grid: int) 
     assert cams.min() >= 0 and set(cams.max(axis=(1, 2)).round(5)) <= {0.0, 1.0}  # peak 1, or all zero
     assert model.training  # the caller's mode comes back
     assert all(p.grad is None for p in model.parameters())  # only the feature map was differentiated
+
+
+def test_explain_on_a_real_model_gives_one_image_sized_map_per_query(word_model: nn.Module) -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
+    heatmaps = explain(word_model, image, "a red circle left of a blue star", method="contribution")
+    assert [h.word for h in heatmaps] == ["red", "circle", "red circle", "blue", "star", "blue star"]
+    for item in heatmaps:
+        assert item.heatmap.shape == (64, 64) and item.heatmap.dtype == np.float32
+        assert 0 <= item.heatmap.min() and item.heatmap.max() <= 1 and -1 <= item.score <= 1
 
 
 # ---- drawing -----------------------------------------------------------------------------------------------------
@@ -406,8 +418,16 @@ def train_toy(tokenizer: Tokenizer, steps: int, batch: int = 64, seed: int = 0) 
     return model.eval()
 
 
-def test_trained_model_points_at_the_named_colour(colour_tokenizer: Tokenizer) -> None:
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One CPU thread: the same float sums on every machine, and the other cores stay free."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_trained_model_points_at_the_named_colour(colour_tokenizer: Tokenizer, one_thread: None) -> None:
     model = train_toy(colour_tokenizer, steps=150)
     rng = np.random.default_rng(123)
     right, wrong = [], []  # the named square's box, and the other square's
@@ -419,3 +439,17 @@ def test_trained_model_points_at_the_named_colour(colour_tokenizer: Tokenizer) -
     hit_rate, wrong_rate = pointing_game(model, right), pointing_game(model, wrong)
     baseline = random_peak_baseline(np.array([scene.box for scene in right]), TOY_SIZE)
     assert hit_rate >= 0.6 and hit_rate > 5 * baseline and hit_rate > 2 * wrong_rate, (hit_rate, wrong_rate, baseline)
+
+
+def test_cli_writes_a_heatmap_panel(tmp_path) -> None:
+    from PIL import Image
+
+    from softclip import create_model
+    from softclip.cli import main
+
+    checkpoint = create_model("tiny-rn").save_pretrained(tmp_path / "ckpt")
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "red.png")
+    out = tmp_path / "heat.png"
+    assert main(["explain", str(tmp_path / "red.png"), "a red circle", "--model", str(checkpoint), "--out", str(out)]) == 0
+    panel = Image.open(out)
+    assert panel.width > 64 and panel.height >= 64
