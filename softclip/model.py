@@ -168,12 +168,20 @@ class VisionTransformer(nn.Module):
         return self.head(self.transformer(self.image_tokens(images)))
 
     def feature_map(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Embedding (B, embed_dim) computed from the patch tokens entering the last block, (B, width, g, g)."""
+        """Embedding (B, embed_dim) computed from the last block's ln_1 output for the patch tokens (B, width, g, g).
+
+        Grad-CAM needs the map after that LayerNorm: before it, each token's gradient is orthogonal to the
+        token itself, which leaves sum_c w_c A_c without a reliable sign.
+        """
         tokens = self.transformer(self.image_tokens(images), stop=-1)
-        feature_map = tokens[:, 1:].transpose(1, 2).unflatten(2, (self.grid, self.grid))
-        # Rebuild the tokens from the returned map so that gradients of the embedding reach it.
-        tokens = torch.cat([tokens[:, :1], feature_map.flatten(2).transpose(1, 2)], dim=1)
-        return self.head(self.transformer(tokens, start=-1)), feature_map
+        last = self.transformer.blocks[-1]
+        normed = last.ln_1(tokens)
+        feature_map = normed[:, 1:].transpose(1, 2).unflatten(2, (self.grid, self.grid))
+        # Rebuild the normalised tokens from the returned map so that gradients of the embedding reach it.
+        normed = torch.cat([normed[:, :1], feature_map.flatten(2).transpose(1, 2)], dim=1)
+        tokens = tokens + last.attn(normed)
+        tokens = tokens + last.mlp(last.ln_2(tokens))
+        return self.head(tokens), feature_map
 
     def encode_rois(self, rois: Tensor, roi_mask: Tensor) -> Tensor:
         """(B, K, roi_dim) regions -> (B, embed_dim). No positional embedding: the box coordinates carry position."""

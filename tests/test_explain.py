@@ -350,28 +350,9 @@ TOY_CONFIG = {
 }
 
 
-class NormalisedTokensViT(SoftCLIP):
-    """SoftCLIP whose ViT Grad-CAM map is the last block's LayerNorm output (patch tokens), not its input.
-
-    The patch tokens reach the embedding only through the last block's ``ln_1``, so the gradient with respect
-    to a token *before* it is orthogonal to that token, which leaves Grad-CAM's ``sum_c w_c A_c`` without a
-    meaningful sign. This is the map ``SoftCLIP.image_feature_map`` is proposed to return for ViTs.
-    """
-
-    def image_feature_map(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        visual, last = self.visual, self.visual.transformer.blocks[-1]
-        tokens = visual.transformer(visual.image_tokens(images), stop=-1)  # (B, 1 + g*g, width)
-        normed = last.ln_1(tokens)
-        feature_map = normed[:, 1:].transpose(1, 2).unflatten(2, (visual.grid, visual.grid))  # (B, width, g, g)
-        normed = torch.cat([normed[:, :1], feature_map.flatten(2).transpose(1, 2)], dim=1)
-        tokens = tokens + last.attn(normed)
-        tokens = tokens + last.mlp(last.ln_2(tokens))
-        return F.normalize(visual.head(tokens), dim=-1), feature_map
-
-
-def test_normalised_token_map_gives_the_models_own_embedding() -> None:
+def test_vit_map_is_the_last_blocks_normalised_tokens_and_gives_the_embedding() -> None:
     torch.manual_seed(0)
-    model = NormalisedTokensViT(load_config("tiny-vit")).eval()
+    model = SoftCLIP(load_config("tiny-vit")).eval()
     images = torch.randn(2, 3, 64, 64)
     embedding, feature_map = model.image_feature_map(images)
     assert feature_map.shape == (2, 192, 8, 8)
@@ -399,7 +380,7 @@ def train_toy(tokenizer: Tokenizer, steps: int, batch: int = 64, seed: int = 0) 
     """A 1-block ViT on black images with two coloured squares, captioned "red and blue" (either order)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = NormalisedTokensViT(load_config(TOY_CONFIG))
+    model = SoftCLIP(load_config(TOY_CONFIG))
     model.tokenizer = tokenizer
     model.preprocess_config = PreprocessConfig(size=TOY_SIZE, resize_mode="squash")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
@@ -450,6 +431,8 @@ def test_cli_writes_a_heatmap_panel(tmp_path) -> None:
     checkpoint = create_model("tiny-rn").save_pretrained(tmp_path / "ckpt")
     Image.new("RGB", (64, 64), "red").save(tmp_path / "red.png")
     out = tmp_path / "heat.png"
-    assert main(["explain", str(tmp_path / "red.png"), "a red circle", "--model", str(checkpoint), "--out", str(out)]) == 0
+    assert (
+        main(["explain", str(tmp_path / "red.png"), "a red circle", "--model", str(checkpoint), "--out", str(out)]) == 0
+    )
     panel = Image.open(out)
     assert panel.width > 64 and panel.height >= 64
