@@ -73,6 +73,11 @@ def train_command(row: str, seed: int, args: argparse.Namespace, out: Path) -> l
     return command
 
 
+def evaluate(checkpoint: Path, task: str, env: dict) -> dict:
+    command = [sys.executable, "-m", "softclip.cli", "eval", str(checkpoint), "--task", task, "--json"]
+    return json.loads(subprocess.run(command, check=True, env=env, capture_output=True, text=True).stdout)
+
+
 def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
     result_path = args.out / "runs" / f"{slug(row)}-seed{seed}.json"
     if result_path.exists():
@@ -83,21 +88,7 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
     subprocess.run(
         train_command(row, seed, args, work), check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    evaluation = subprocess.run(
-        [sys.executable, "-m", "softclip.cli", "eval", str(work / "final"), "--task", "zeroshot", "--json"],
-        check=True,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    retrieval = subprocess.run(
-        [sys.executable, "-m", "softclip.cli", "eval", str(work / "final"), "--task", "retrieval", "--json"],
-        check=True,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    metrics = json.loads(evaluation.stdout) | json.loads(retrieval.stdout)
+    metrics = evaluate(work / "final", "zeroshot", env) | evaluate(work / "final", "retrieval", env)
     result = {"row": row, "seed": seed, "seconds": time.perf_counter() - started, "metrics": metrics}
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2))
