@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from softclip.export.exporter import DEFAULT_OPSET, ImageTower, export_tower, quantize_graph_int8
 from softclip.export.folder import IMAGE_INPUT, IMAGE_OUTPUT
 from softclip.export.onnx_encoder import CPU_PROVIDER, open_session
-from torch.utils.flop_counter import FlopCounterMode
-
 from softclip.model import SoftCLIP, create_model
 
 MATMUL_SIZE = 2048

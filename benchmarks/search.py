@@ -152,6 +152,7 @@ def source_found(found: np.ndarray, sources: np.ndarray | None) -> str:
 
 
 def table_row(entry: BuiltIndex, found: np.ndarray, exact: np.ndarray, sources: np.ndarray | None) -> str:
+    """One markdown row: build cost, size, latency percentiles, batch rate and recall of one index."""
     latencies_ms = 1000 * np.asarray(entry.latencies)
     queries_per_second = len(found) / float(np.median(entry.batch_seconds))
     return (
@@ -174,6 +175,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=faiss.omp_get_max_threads(), help="FAISS OpenMP threads")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    for name in ("n", "queries", "k", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
     if args.queries > args.n:
         parser.error(f"--queries ({args.queries}) must not exceed --n ({args.n})")
     return args

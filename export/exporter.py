@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
+from softclip.encoder import TorchEncoder
 from softclip.export.folder import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -39,9 +42,6 @@ from softclip.export.folder import (
 )
 from softclip.export.onnx_encoder import CPU_PROVIDER, OnnxEncoder, default_providers, disable_telemetry
 from softclip.export.parity import ParityReport, check_parity, verify_parity
-from torch import Tensor, nn
-
-from softclip.encoder import TorchEncoder
 
 DEFAULT_OPSET = 18
 # Dynamic int8 quantisation covers the matrix products only (ConvInteger is slow on CPUs), with one scale

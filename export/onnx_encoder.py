@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
 from softclip.export.folder import (
     IMAGE_GRAPH,
     IMAGE_INPUT,
@@ -27,7 +28,6 @@ from softclip.export.folder import (
     check_files,
     read_info,
 )
-
 from softclip.tokenizer import Tokenizer
 from softclip.transform import PreprocessConfig, image_to_array
 

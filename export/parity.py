@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from softclip.export.folder import ExportError
 
 from softclip.encoder import Encoder, load_pixels
+from softclip.export.folder import ExportError
 
 MAX_ABS_DIFF = {"fp32": 1e-4, "fp16": 0.05, "int8": 0.05}
 MIN_RANKING_AGREEMENT = 0.9

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from softclip.encoder import is_export_dir
 from softclip.index import faiss_index
 from softclip.index.decode import (
     DEFAULT_MAX_MEGAPIXELS,
@@ -35,8 +37,6 @@ from softclip.index.index_folder import IndexFolder
 from softclip.index.manifest import FileRecord
 from softclip.index.scan import ScannedFile, scan_folder
 from softclip.index.shards import check_shard, in_shard, select_shard, shard_dir
-
-from softclip.encoder import is_export_dir
 
 if TYPE_CHECKING:
     import faiss

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from softclip.index.scan import ScannedFile
 
+from softclip.index.scan import ScannedFile
 from softclip.transform import load_image
 
 DEFAULT_MAX_MEGAPIXELS = 100.0

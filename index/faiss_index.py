@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from softclip.index.atomic import write_atomically
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
 from softclip.index import faiss_index
 from softclip.index.build import DEFAULT_BATCH_SIZE, IndexReport, IndexWriter, RunOptions
 from softclip.index.decode import DEFAULT_MAX_MEGAPIXELS

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from softclip.index import faiss_index
 from softclip.index.atomic import write_json_atomically
 from softclip.index.manifest import Manifest

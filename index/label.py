@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from softclip.index.atomic import write_atomically
 from softclip.index.build import DEFAULT_BATCH_SIZE, RunOptions
 from softclip.index.decode import DEFAULT_MAX_MEGAPIXELS, DecodedFile, batched, decode_files, progress_bar
 from softclip.index.scan import scan_folder
-
 from softclip.zeroshot import DEFAULT_TEMPLATES, label_embeddings, label_probabilities, rank_labels
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from softclip.index.scan import ScannedFile
 
 _SCHEMA = """

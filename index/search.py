@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
 from softclip.index.decode import DEFAULT_MAX_MEGAPIXELS, load_rgb
 
 if TYPE_CHECKING:

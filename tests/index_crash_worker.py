@@ -10,6 +10,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # conftest, and softclip as the test run imports it
 
 from conftest import ColourHistogramEncoder  # noqa: E402
+
 from softclip.index import build_index  # noqa: E402
 
 

@@ -104,7 +104,10 @@ def test_describe_after_index_texts(index_dir: Path, photos: Path, tmp_path: Pat
 
 def test_label_folder_to_csv(export_dir: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "labels.csv"
-    assert main(["label", str(photos), "--model", str(export_dir), "--labels", "circle,square,star", "--out", str(out)]) == 0
+    assert (
+        main(["label", str(photos), "--model", str(export_dir), "--labels", "circle,square,star", "--out", str(out)])
+        == 0
+    )
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 25
     assert sum(1 for row in rows if row.get("error")) == 1
@@ -120,7 +123,9 @@ def test_mismatched_model_is_refused(index_dir: Path, photos: Path, tmp_path: Pa
 def test_shards_merged_equal_a_single_run(export_dir: Path, photos: Path, tmp_path: Path) -> None:
     sharded = tmp_path / "sharded"
     for i in range(2):
-        assert main(["index", str(photos), "--model", str(export_dir), "--index", str(sharded), "--shard", f"{i}/2"]) == 0
+        assert (
+            main(["index", str(photos), "--model", str(export_dir), "--index", str(sharded), "--shard", f"{i}/2"]) == 0
+        )
     assert main(["index", "merge", "--index", str(sharded)]) == 0
     single = tmp_path / "single"
     assert main(["index", str(photos), "--model", str(export_dir), "--index", str(single)]) == 0

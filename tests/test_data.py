@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from torch.utils.data import DataLoader
+
 from softclip.training.data import (
     CsvDataset,
     IndexedShards,
@@ -25,7 +27,6 @@ from softclip.training.data import (
     parse_vinvl_prediction,
 )
 from softclip.training.synthetic import SynthConfig, SynthScenes, write_split
-from torch.utils.data import DataLoader
 
 CONFIG = SynthConfig(image_size=32)
 

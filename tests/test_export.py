@@ -14,9 +14,12 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 import pytest
+import torch
+
+import softclip
 import softclip.export.exporter as exporter
 import softclip.export.onnx_encoder as onnx_encoder
-import torch
+from softclip.encoder import Encoder, TorchEncoder, load_pixels, state_dict_id
 from softclip.export import (
     DEFAULT_OPSET,
     EXPORT_FILES,
@@ -31,9 +34,6 @@ from softclip.export import (
     verify_parity,
 )
 from softclip.export.folder import IMAGE_GRAPH, INFO_FILE, TEXT_GRAPH, graphs_id, read_info
-
-import softclip
-from softclip.encoder import Encoder, TorchEncoder, load_pixels, state_dict_id
 from softclip.model import create_model
 from softclip.pretrained import from_pretrained, save_pretrained
 from softclip.tokenizer import Tokenizer

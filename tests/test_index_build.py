@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import COLOURS, ColourHistogramEncoder, write_image
+
 from softclip.index import (
     ImageIndex,
     IndexBusyError,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import ColourHistogramEncoder, solid_image, write_image
 from PIL import Image
+
 from softclip.index import build_index
 from softclip.index import decode as decode_module
 from softclip.index.decode import ImageDecodeError, decode_bytes, decode_files, load_rgb

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import ColourHistogramEncoder, write_image
 from PIL import Image
+
 from softclip.index import label_folder
 from softclip.index.label import CSV_COLUMNS
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ColourHistogramEncoder, solid_image, write_image
+
 from softclip.index import (
     ImageDecodeError,
     ImageIndex,

@@ -260,7 +260,9 @@ def test_image_text_guidance_builds_targets_from_image_and_text():
 
 def test_mix_guidance_weights_both_target_sources_by_gamma():
     image, text, roi, tag = random_features(seed=14)
-    out = SoftCLIPLoss(LossConfig(guidance="mix", gamma=0.25, detach_targets=False, roi_tag_align=0.0))(model_outputs([image, text, roi, tag]))
+    out = SoftCLIPLoss(LossConfig(guidance="mix", gamma=0.25, detach_targets=False, roi_tag_align=0.0))(
+        model_outputs([image, text, roi, tag])
+    )
     from_roi_tag = hand_loss(image, text, roi, tag, SCALE)
     from_image_text = hand_loss(image, text, image, text, SCALE)
     assert_matches(out, {k: 0.25 * from_roi_tag[k] + 0.75 * from_image_text[k] for k in from_roi_tag})
@@ -275,7 +277,9 @@ def test_roi_tag_align_adds_a_clip_loss_between_rois_and_tags():
     assert out["roi_tag_align"].item() == pytest.approx(align.item(), rel=1e-5)
     expected = hand_loss(*features, SCALE)["loss"] + 0.5 * align.item()
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
-    assert "roi_tag_align" not in SoftCLIPLoss(LossConfig(detach_targets=False, roi_tag_align=0.0))(model_outputs(features))
+    assert "roi_tag_align" not in SoftCLIPLoss(LossConfig(detach_targets=False, roi_tag_align=0.0))(
+        model_outputs(features)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

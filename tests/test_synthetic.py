@@ -13,6 +13,7 @@ import tarfile
 import numpy as np
 import pytest
 from PIL import Image
+
 from softclip.training.synthetic import (
     COLOURS,
     HELD_OUT,

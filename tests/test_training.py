@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from softclip.training.trainer import TrainConfig, Trainer, latest_checkpoint, warmup_cosine
 
 from softclip.cli import main
 from softclip.config import load_config
 from softclip.loss import LossConfig
 from softclip.pretrained import from_pretrained
+from softclip.training.trainer import TrainConfig, Trainer, latest_checkpoint, warmup_cosine
 
 TINY = ["--steps", "2", "--batch-size", "8", "--synth-size", "32", "--workers", "0", "--no-eval"]
 VARIANT_TERMS = {

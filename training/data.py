@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from softclip.training.synthetic import Sample
 from torch.utils.data import Dataset, IterableDataset
 
+from softclip.training.synthetic import Sample
 from softclip.transform import load_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # WebDataset image members, in order of preference

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from softclip.training import synthetic
-from softclip.training.evaluate import embed_images, retrieval, topk_accuracy
 
 from softclip.encoder import Encoder
+from softclip.training import synthetic
+from softclip.training.evaluate import embed_images, retrieval, topk_accuracy
 from softclip.zeroshot import label_embeddings
 
 

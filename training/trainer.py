@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from softclip.training.data import SkipLog
-from softclip.training.datasets import open_dataset, sample_texts
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from softclip.loss import LossConfig, SoftCLIPLoss
 from softclip.model import create_model
 from softclip.pretrained import save_pretrained
 from softclip.tokenizer import Tokenizer
+from softclip.training.data import SkipLog
+from softclip.training.datasets import open_dataset, sample_texts
 from softclip.transform import PreprocessConfig, RandomResizedCrop, image_to_tensor
 
 
