@@ -37,8 +37,20 @@ def create_index(dim: int, factory: str | None = None) -> faiss.Index:
         raise ValueError(f"invalid FAISS factory string {factory!r}: {_first_line(error)}") from error
     if faiss.try_extract_index_ivf(index) is None and not factory.startswith("IDMap"):
         index = faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)  # IVF keeps its own ids
+    _skip_polysemous_training(index)
     _set_search_defaults(index)
     return index
+
+
+def _skip_polysemous_training(index: faiss.Index) -> None:
+    """PQ indexes train polysemous codes by default (minutes for PQ64) for a Hamming filter softclip never uses."""
+    import faiss
+
+    for part in (faiss.try_extract_index_ivf(index), getattr(index, "index", None)):
+        if part is not None:
+            part = faiss.downcast_index(part)
+            if hasattr(part, "do_polysemous_training"):
+                part.do_polysemous_training = False
 
 
 def build_index(

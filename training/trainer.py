@@ -283,6 +283,7 @@ class Trainer:
         self.ddp_model = self._wrap_ddp()
         self.steps_per_epoch = len(self.dataset) // config.batch_size
         self.metrics_path = self.out / "metrics.jsonl"
+        self.tensorboard = tensorboard_writer(self.out / "tensorboard") if self.is_main else None
         if resume:
             self._resume(resume)
 
@@ -467,6 +468,20 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
         if "eval" in record:
             print(json.dumps(record), flush=True)
+        if self.tensorboard is not None and "step" in record:
+            group, scalars = ("eval", record["eval"]) if "eval" in record else ("train", record)
+            for name, value in scalars.items():
+                if isinstance(value, float | int) and name != "step":
+                    self.tensorboard.add_scalar(f"{group}/{name}", value, record["step"])
+
+
+def tensorboard_writer(folder: Path):
+    """A TensorBoard writer when the tensorboard package is installed, else None (metrics.jsonl has it all)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
 
 
 def train(config: TrainConfig, resume: str | None = None) -> Path:
