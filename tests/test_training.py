@@ -153,3 +153,15 @@ def test_trains_from_files_written_by_synth(tmp_path: Path, fmt: str, capsys) ->
         assert skips and sum(skips[-1]["skipped"].values()) >= 1
     else:
         assert not skips
+
+
+def test_trimmed_padding_gives_the_same_text_embeddings() -> None:
+    from softclip import create_model
+    from softclip.training.trainer import trim_padding
+
+    model = create_model("tiny-vit").eval()
+    ids = model.tokenizer(["a red circle", "two blue squares"], 32)
+    trimmed = trim_padding(ids)
+    assert trimmed.shape[1] < 32 and (trimmed[:, -1] != 0).any()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(trimmed), model.encode_text(ids), atol=1e-6, rtol=1e-5)

@@ -164,12 +164,17 @@ class Collate:
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         return {
             "images": torch.stack([item["image"] for item in items]),
-            "texts": self.tokenizer([item["caption"] for item in items], self.context_length),
-            "tags": self.tokenizer([item["tags"] for item in items], self.context_length),
+            "texts": trim_padding(self.tokenizer([item["caption"] for item in items], self.context_length)),
+            "tags": trim_padding(self.tokenizer([item["tags"] for item in items], self.context_length)),
             "rois": torch.stack([item["rois"] for item in items]),
             "roi_mask": torch.stack([item["roi_mask"] for item in items]),
             "skipped": [reason for item in items for reason in item["skipped"]],
         }
+
+
+def trim_padding(ids: torch.Tensor) -> torch.Tensor:
+    """Drop the padding columns every row has: the causal text tower gives the same embeddings, faster."""
+    return ids[:, : max(1, int((ids != 0).sum(dim=1).max()))]
 
 
 def train_tokenizer(dataset, vocab_size: int, sample: int) -> Tokenizer:
