@@ -15,9 +15,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from test_app import AppData, free_port, prepare_app_data
+from test_app import AppData, prepare_app_data, start
 
-from softclip.app.app import AppState, Limits, build_blocks, serve
+from softclip.app.app import AppState, Limits
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -43,12 +43,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Pyt
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data: AppData = prepare_app_data(tmp_path_factory)
-    state = AppState.load(data.index, data.checkpoint, limits=Limits())
-    demo = serve(build_blocks(state), port=free_port(), block=False, limits=state.limits)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
+    yield from start(AppState.load(data.index, data.checkpoint, limits=Limits()))
 
 
 @pytest.fixture(scope="module")
