@@ -395,6 +395,7 @@ def _demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default 240)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--gallery", type=int, default=None, help="gallery size (default 2000)")
+    parser.add_argument("--eval-size", type=int, default=None, help="scenes per evaluation set (default 500)")
     parser.add_argument("--no-launch", action="store_true", help="build everything, then stop")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
@@ -405,7 +406,7 @@ def _demo(parser: argparse.ArgumentParser) -> None:
         from softclip.app.demo import DemoConfig, default_folder, run_demo
 
         config = DemoConfig(Path(args.dir) if args.dir else default_folder())
-        for name in ("steps", "batch_size", "gallery"):
+        for name in ("steps", "batch_size", "gallery", "eval_size"):
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         run_demo(config, launch=not args.no_launch, host=args.host, port=args.port)
