@@ -135,11 +135,12 @@ def main() -> None:
             results = list(pool.map(lambda job: run_one(*job, args), jobs))
     text = table(results, args.rows)
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+    run_minutes = sum(r["seconds"] for r in results) / 60
     footer = (
-        f"\n{args.model}, {args.steps} steps of batch {args.batch_size}, seeds {args.seeds}; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"wall time {(time.perf_counter() - started) / 60:.0f} min (finished runs are reused).\n"
-        f"Command: `{command}`\n"
+        f"\n{args.model}, {args.steps} steps of batch {args.batch_size}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.parallel} runs at a time "
+        f"with {args.threads} torch thread(s) each; {len(results)} runs took {run_minutes:.0f} min of run time "
+        f"(training + evaluation, summed over runs).\nCommand: `{command}`\n"
     )
     print(text + footer)
     (args.out / "table.md").write_text(text + footer)
