@@ -84,7 +84,6 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
         return json.loads(result_path.read_text())
     work = args.out / "work" / f"{slug(row)}-seed{seed}"
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
-    started = time.perf_counter()
     subprocess.run(
         train_command(row, seed, args, work), check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -126,7 +125,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--table-only", action="store_true", help="tabulate the runs finished so far")
     args = parser.parse_args()
-    started = time.perf_counter()
     if args.table_only:
         results = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
     else:
