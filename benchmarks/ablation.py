@@ -84,6 +84,7 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
         return json.loads(result_path.read_text())
     work = args.out / "work" / f"{slug(row)}-seed{seed}"
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+    started = time.perf_counter()
     subprocess.run(
         train_command(row, seed, args, work), check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
