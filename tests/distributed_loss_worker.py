@@ -56,6 +56,7 @@ def main(data_path: str, out_dir: str) -> None:
         "param_grads": {name: p.grad for name, p in model.module.weights.items()},
     }
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()  # neither rank tears gloo down while the other may still be talking to it
     dist.destroy_process_group()
 
 
