@@ -424,7 +424,10 @@ def parse_labels(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="softclip", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="softclip",
+        description="Train SoftCLIP models, export them to ONNX, index, search, label and explain photo collections.",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, build in COMMANDS.items():
         build(subparsers.add_parser(name, help=build.help, description=build.help))
