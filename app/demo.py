@@ -20,7 +20,7 @@ GALLERY_SEED = 7  # test-split scenes, not seen in training (the train split use
 @dataclass
 class DemoConfig:
     folder: Path
-    steps: int = 240
+    steps: int = 180
     batch_size: int = 128
     gallery: int = 2000
     eval_size: int = 500  # scenes per evaluation set for the metrics the demo reports

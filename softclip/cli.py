@@ -392,7 +392,7 @@ def _demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir", default=None, help="where the demo keeps its artefacts (default: ~/.cache/softclip/demo)"
     )
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default 240)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 180)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--gallery", type=int, default=None, help="gallery size (default 2000)")
     parser.add_argument("--eval-size", type=int, default=None, help="scenes per evaluation set (default 500)")
