@@ -121,11 +121,11 @@ def caption_table(
 
 def evaluate(model, task: str, data: str, **options) -> dict:
     """`softclip eval`: `task` is zeroshot, retrieval or pointing; `data` is "synth", a folder or a CSV."""
-    encoder = open_encoder(model)
     if data == "synth":
         from softclip.training import synth_eval
 
-        return synth_eval.evaluate(encoder, task, model=model, **options)
+        return synth_eval.evaluate(model, task)
+    encoder = open_encoder(model)
     if task == "zeroshot":
         paths, targets, classes = class_folder(data)
         return zeroshot(encoder, [load_image(p) for p in paths], targets, classes)

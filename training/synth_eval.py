@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from softclip.encoder import Encoder
+from softclip.encoder import Encoder, open_encoder
 from softclip.training import synthetic
 from softclip.training.evaluate import embed_images, retrieval, topk_accuracy
 from softclip.zeroshot import label_embeddings
@@ -45,17 +47,19 @@ def pointing(model, n: int = 500, image_size: int = 64) -> dict:
     return {"pointing": pointing_game(model, scenes), "pointing_random": random_peak_baseline(data.boxes, image_size)}
 
 
-def evaluate(encoder: Encoder, task: str, model=None) -> dict:
-    """`softclip eval ... --data synth`."""
-    if task == "zeroshot":
-        return zeroshot(encoder)
-    if task == "retrieval":
-        return retrieval_metrics(encoder)
+def evaluate(model, task: str) -> dict:
+    """`softclip eval MODEL --data synth`: `model` is a checkpoint or export folder, a model or an encoder.
+
+    The pointing game needs the torch checkpoint (Grad-CAM); the other tasks take any encoder.
+    """
     if task == "pointing":
         from softclip.pretrained import from_pretrained
 
-        torch_model = from_pretrained(model) if isinstance(model, str) else model
-        return pointing(torch_model)
+        return pointing(from_pretrained(model) if isinstance(model, str | Path) else model)
+    if task == "zeroshot":
+        return zeroshot(open_encoder(model))
+    if task == "retrieval":
+        return retrieval_metrics(open_encoder(model))
     raise ValueError(f"unknown task {task!r}: use zeroshot, retrieval or pointing")
 
 
