@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +62,6 @@ class TrainConfig:
     caption_noise: float = 0.2
     augment: bool = True
     log_every: int = 10
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        data = dict(data)
-        return cls(loss=LossConfig(**data.pop("loss", {})), **data)
 
 
 # ----------------------------------------------------------------------------------------------- distributed
@@ -132,6 +127,8 @@ class TrainingSamples(Dataset):
         self.dataset, self.preprocess, self.seed = dataset, preprocess, seed
         self.steps_per_epoch, self.augment = steps_per_epoch, augment
         self.crop = RandomResizedCrop(preprocess.size)
+        # A random crop is already square: it is only resized, never centre-cropped again.
+        self.crop_preprocess = replace(preprocess, resize_mode="squash")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -139,14 +136,13 @@ class TrainingSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         step, index = key
         sample = self.dataset[index]
-        image = sample.image
-        squash = self.preprocess
         if self.augment:
             rng = np.random.default_rng((self.seed, step // self.steps_per_epoch, index))
-            image = self.crop(image, rng)
-            squash = PreprocessConfig(**{**self.preprocess.to_dict(), "resize_mode": "squash"})
+            pixels = image_to_tensor(self.crop(sample.image, rng), self.crop_preprocess)
+        else:
+            pixels = image_to_tensor(sample.image, self.preprocess)
         return {
-            "image": image_to_tensor(image, squash),
+            "image": pixels,
             "caption": sample.caption,
             "tags": sample.tags,
             "rois": torch.from_numpy(np.asarray(sample.rois, dtype=np.float32)),
