@@ -25,6 +25,7 @@ class VisionConfig:
     stem_channels: list[int] = field(default_factory=list)  # conv stem widths; each conv halves the size
     mlp_ratio: float = 4.0
     roi_layers: int = 1  # ViT: how many of the last blocks the ROI tokens pass through
+    act: str = "gelu"  # ViT MLP activation: "gelu", or "quick_gelu" (x * sigmoid(1.702 x), OpenAI's CLIP)
 
 
 @dataclass
@@ -37,6 +38,8 @@ class TextConfig:
     heads: int = 8
     layers: int = 12
     mlp_ratio: float = 4.0
+    act: str = "gelu"  # MLP activation: "gelu" or "quick_gelu"
+    end_id: int = 2  # the end-of-text token id: the tower pools there (first occurrence), whatever the padding
 
 
 @dataclass

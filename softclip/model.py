@@ -65,17 +65,27 @@ class SelfAttention(nn.Module):
         return self.out(merge_heads(out))
 
 
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``: the activation OpenAI's CLIP was trained with (so its weights need it)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
 class ResidualBlock(nn.Module):
     """Pre-LN block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, act: str = "gelu") -> None:
         super().__init__()
         hidden = int(width * mlp_ratio)
         self.ln_1 = nn.LayerNorm(width)
         self.attn = SelfAttention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
-            OrderedDict(fc=nn.Linear(width, hidden), gelu=nn.GELU(), proj=nn.Linear(hidden, width))
+            OrderedDict(fc=nn.Linear(width, hidden), gelu=ACTIVATIONS[act](), proj=nn.Linear(hidden, width))
         )
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, causal: bool = False) -> Tensor:
@@ -86,9 +96,9 @@ class ResidualBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of ``ResidualBlock``; ``start``/``stop`` run a slice of it (the ROI path and Grad-CAM need that)."""
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, act: str = "gelu") -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(ResidualBlock(width, heads, mlp_ratio) for _ in range(layers))
+        self.blocks = nn.ModuleList(ResidualBlock(width, heads, mlp_ratio, act) for _ in range(layers))
         self.init_weights(width, layers)
 
     def init_weights(self, width: int, layers: int) -> None:
@@ -145,7 +155,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid**2 + 1, width))
         self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio)
+        self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, config.act)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
         self.roi_projection = nn.Linear(roi_dim, width)
@@ -307,22 +317,23 @@ class ModifiedResNet(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """Causal Transformer over token ids, pooled at the end-of-text token (the last non-padding one)."""
+    """Causal Transformer over token ids, pooled at the (first) end-of-text token."""
 
     def __init__(self, config: TextConfig, embed_dim: int) -> None:
         super().__init__()
+        self.end_id = config.end_id
         self.token_embedding = nn.Embedding(config.vocab_size, config.width)
         self.positional_embedding = nn.Parameter(0.01 * torch.randn(config.context_length, config.width))
-        self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio)
+        self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio, config.act)
         self.ln_final = nn.LayerNorm(config.width)
         self.projection = nn.Parameter(config.width**-0.5 * torch.randn(config.width, embed_dim))
         nn.init.normal_(self.token_embedding.weight, std=0.02)
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        """(B, L) ids, padded with 0 at the end -> (B, embed_dim)."""
+        """(B, L) ids, padded after the end token (with any id) -> (B, embed_dim)."""
         tokens = self.token_embedding(input_ids) + self.positional_embedding[: input_ids.shape[1]]
         tokens = self.ln_final(self.transformer(tokens, causal=True))  # (B, L, width)
-        end = ((input_ids != 0).sum(dim=1) - 1).clamp(min=0)  # end-of-text position of each row
+        end = (input_ids == self.end_id).int().argmax(dim=1)  # first end-of-text position of each row (0 if none)
         return tokens[torch.arange(tokens.shape[0], device=tokens.device), end] @ self.projection
 
 
@@ -355,6 +366,9 @@ def check_resnet(config: VisionConfig) -> None:
 
 def check_config(config: ModelConfig) -> None:
     """Raise ``ValueError`` naming the first field that cannot build a model."""
+    for tower, act in (("vision", config.vision.act), ("text", config.text.act)):
+        if act not in ACTIVATIONS:
+            raise ValueError(f"{tower}.act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
     if config.vision.kind == "vit":
         check_vit(config.vision)
     elif config.vision.kind == "resnet":

@@ -1,7 +1,9 @@
 """Checkpoint folders: save, load (local or from the Hugging Face Hub) and push.
 
 A checkpoint folder holds `config.json` (architecture), `model.safetensors` (weights, never pickle),
-`tokenizer.json` and `preprocess.json`. Loading needs nothing else.
+`tokenizer.json` (with `tokenizer_settings.json` for CLIP-style tokenizers) and `preprocess.json`.
+Loading needs nothing else. `from_pretrained` also converts pretrained CLIP models (transformers,
+open_clip and OpenAI files, locally or from the Hub): see `softclip.clip_sources`.
 """
 
 from __future__ import annotations
@@ -38,10 +40,26 @@ def save_pretrained(model: torch.nn.Module, folder: str | Path) -> Path:
 
 
 def from_pretrained(
-    name_or_path: str | Path, device: str | torch.device = "cpu", cache_dir: str | Path | None = None
+    name_or_path: str | Path,
+    device: str | torch.device = "cpu",
+    cache_dir: str | Path | None = None,
+    tokenizer: str | Path | None = None,
 ) -> torch.nn.Module:
-    """A model from a checkpoint folder or a Hub repo id (the Hub cache is used offline)."""
-    folder = _resolve(name_or_path, cache_dir)
+    """A model from a softclip checkpoint, a pretrained CLIP (transformers or open_clip folder, OpenAI ``.pt``)
+    or a Hub repo id of either (downloaded once, then served from the Hub cache, also offline).
+
+    ``tokenizer`` names a folder with CLIP's ``vocab.json`` and ``merges.txt`` for an OpenAI file or an
+    open_clip folder that has no tokenizer beside it.
+    """
+    from softclip.clip_sources import detect_format, load_clip
+
+    path = _resolve(name_or_path, cache_dir)
+    if detect_format(path) != "softclip":
+        return load_clip(path, tokenizer).to(device)
+    return _load_checkpoint(path, device)
+
+
+def _load_checkpoint(folder: Path, device: str | torch.device) -> torch.nn.Module:
     for name in CHECKPOINT_FILES:
         if not (folder / name).is_file():
             raise CheckpointError(f"checkpoint {folder} is missing {name}")
@@ -71,21 +89,37 @@ def _build(config_path: Path) -> torch.nn.Module:
 
 
 def _resolve(name_or_path: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """A local folder as is; anything else is a Hub repo id, fetched (or found in the cache when offline)."""
+    """A local folder or file as is; anything else is a Hub repo id, fetched (or found in the cache when offline)."""
     path = Path(name_or_path)
-    if path.is_dir():
+    if path.exists():
         return path
-    if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") != 1:
-        raise CheckpointError(f"{name_or_path} is neither a checkpoint folder nor a Hub repo id (owner/name)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    repo_id = str(name_or_path).removeprefix("hf-hub:")  # open_clip's spelling of a Hub model
+    if repo_id.startswith((".", "/")) or repo_id.count("/") != 1:
+        raise CheckpointError(f"{name_or_path} is neither a model folder or file nor a Hub repo id (owner/name)")
+    return _download(repo_id, cache_dir)
+
+
+def _download(repo_id: str, cache_dir: str | Path | None) -> Path:
+    """The repo's small files, then only the weights its format needs (progress bars from huggingface_hub)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    from softclip.clip_sources import OPEN_CLIP_WEIGHTS, SMALL_FILES, TRANSFORMERS_WEIGHTS, detect_format
 
     try:
-        return Path(snapshot_download(str(name_or_path), allow_patterns=list(CHECKPOINT_FILES), cache_dir=cache_dir))
+        folder = Path(snapshot_download(repo_id, allow_patterns=SMALL_FILES, cache_dir=cache_dir))
+        kind = detect_format(folder)
+        weights = {"open_clip": OPEN_CLIP_WEIGHTS, "transformers": TRANSFORMERS_WEIGHTS}.get(
+            kind, ("model.safetensors",)
+        )
+        for name in weights:
+            try:
+                return Path(hf_hub_download(repo_id, name, cache_dir=cache_dir)).parent
+            except (EntryNotFoundError, LocalEntryNotFoundError):  # not in the repo, or not cached when offline
+                continue
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        raise CheckpointError(
-            f"could not find {name_or_path} locally, in the Hub cache or on the Hub: {error}"
-        ) from error
+        raise CheckpointError(f"could not find {repo_id} locally, in the Hub cache or on the Hub: {error}") from error
+    raise CheckpointError(f"the Hub repo {repo_id} has none of the weight files {', '.join(weights)}")
 
 
 def push_to_hub(

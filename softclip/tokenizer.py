@@ -1,16 +1,23 @@
 """Lower-cased byte-level BPE tokenizer on the ``tokenizers`` library, saved as ``tokenizer.json``.
 
 Every string can be encoded (the 256 byte tokens are always in the vocabulary), so there is no unknown
-token. Special tokens have fixed ids: ``<pad>`` = 0 (the text tower pools at the last non-pad position),
-``<start_of_text>`` = 1, ``<end_of_text>`` = 2. Special-token strings inside a caption are encoded as
-plain text, so no caption can inject a pad or an end token.
+token. softclip's own tokenizers have fixed special ids: ``<pad>`` = 0, ``<start_of_text>`` = 1,
+``<end_of_text>`` = 2 (the text tower pools at the end token), and special-token strings inside a caption are
+encoded as plain text, so no caption can inject a pad or an end token.
+
+Tokenizers of pretrained CLIP models (``clip_tokenizer``) keep their source's ids, padding and text clean-up
+exactly; those settings are written beside ``tokenizer.json`` as ``tokenizer_settings.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import html
+import json
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,6 +30,8 @@ PAD_TOKEN, START_TOKEN, END_TOKEN = "<pad>", "<start_of_text>", "<end_of_text>"
 SPECIAL_TOKENS = (PAD_TOKEN, START_TOKEN, END_TOKEN)
 PAD_ID, START_ID, END_ID = 0, 1, 2
 FILE_NAME = "tokenizer.json"
+SETTINGS_FILE_NAME = "tokenizer_settings.json"
+CLEANINGS = ("none", "clip")
 
 # A word: letters and digits, with apostrophes inside ("don't", "rock'n'roll"); quotes around it are not part of it.
 _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
@@ -56,7 +65,44 @@ def _configure(backend: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
     return backend
 
 
-def _check_special_tokens(backend: tokenizers.Tokenizer) -> None:
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """How rows are built around the BPE ids; softclip's own tokenizers use the defaults.
+
+    ``clean="clip"`` is OpenAI's and open_clip's text clean-up before BPE: ftfy, HTML unescaping twice,
+    runs of whitespace to one space, lower case. ``specials_as_text`` encodes special-token strings in a
+    text as plain text; CLIP's tokenizers instead map ``<|endoftext|>`` in a text to the end token.
+    """
+
+    start_id: int = START_ID
+    end_id: int = END_ID
+    pad_id: int = PAD_ID
+    clean: str = "none"
+    specials_as_text: bool = True
+
+    def __post_init__(self) -> None:
+        if self.clean not in CLEANINGS:
+            raise ValueError(f"clean must be one of {CLEANINGS}, got {self.clean!r}")
+
+    @classmethod
+    def load(cls, file: Path) -> TokenizerSettings:
+        """The settings in ``file``, or the defaults when there is no such file."""
+        if not file.is_file():
+            return cls()
+        try:
+            return cls(**json.loads(file.read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as error:
+            raise ValueError(f"{file} is not a valid tokenizer settings file: {error}") from error
+
+
+def _check_special_tokens(backend: tokenizers.Tokenizer, settings: TokenizerSettings) -> None:
+    if settings != TokenizerSettings():
+        size = backend.get_vocab_size(with_added_tokens=True)
+        bad = {name: value for name, value in dataclasses.asdict(settings).items() if name.endswith("_id")}
+        bad = {name: value for name, value in bad.items() if not 0 <= value < size}
+        if bad:
+            raise ValueError(f"special token ids {bad} are outside the vocabulary of {size} tokens")
+        return
     for expected_id, token in enumerate(SPECIAL_TOKENS):
         found = backend.token_to_id(token)
         if found != expected_id:
@@ -69,15 +115,37 @@ def _to_file(path: str | Path) -> Path:
     return path if path.suffix == ".json" else path / FILE_NAME
 
 
+def _settings_file(tokenizer_file: Path) -> Path:
+    return tokenizer_file.with_name(SETTINGS_FILE_NAME)
+
+
+def clip_clean(text: str) -> str:
+    """OpenAI's CLIP text clean-up: ftfy, HTML entities unescaped twice, whitespace collapsed, lower case."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
 class Tokenizer:
     """Byte-level BPE: ``tokenizer(texts, context_length)`` gives int64 ids ``[B, context_length]``."""
 
-    def __init__(self, backend: tokenizers.Tokenizer) -> None:
-        _check_special_tokens(backend)
+    def __init__(self, backend: tokenizers.Tokenizer, settings: TokenizerSettings | None = None) -> None:
+        settings = settings or TokenizerSettings()
+        _check_special_tokens(backend, settings)
         backend.no_truncation()
         backend.no_padding()
-        backend.encode_special_tokens = True  # "<pad>" in a caption is text, not id 0
-        self.backend = backend
+        backend.encode_special_tokens = settings.specials_as_text  # "<pad>" in a caption is text, not id 0
+        self.backend, self.settings = backend, settings
+
+    @property
+    def end_id(self) -> int:
+        """The end-of-text id, where the text tower pools."""
+        return self.settings.end_id
+
+    def clean(self, text: str) -> str:
+        """``text`` as the BPE sees it (only CLIP-style tokenizers clean it up before their normaliser)."""
+        return clip_clean(text) if self.settings.clean == "clip" else text
 
     @classmethod
     def default(cls) -> Tokenizer:
@@ -113,7 +181,7 @@ class Tokenizer:
             raise FileNotFoundError(f"tokenizer file not found: {file}")
         try:
             backend = tokenizers.Tokenizer.from_file(str(file))
-            return cls(backend)
+            return cls(backend, TokenizerSettings.load(_settings_file(file)))
         except Exception as error:  # the tokenizers library raises a bare Exception on bad JSON
             raise ValueError(f"{file} is not a valid softclip tokenizer: {error}") from error
 
@@ -122,6 +190,11 @@ class Tokenizer:
         file = _to_file(path)
         file.parent.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(file), pretty=True)
+        settings_file = _settings_file(file)
+        if self.settings != TokenizerSettings():
+            settings_file.write_text(json.dumps(dataclasses.asdict(self.settings), indent=2) + "\n")
+        elif settings_file.exists():  # a folder saved over: no stale settings may apply to this tokenizer
+            settings_file.unlink()
         return file
 
     @property
@@ -131,14 +204,14 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without start, end or padding."""
-        return self.backend.encode(_checked_text(text), add_special_tokens=False).ids
+        return self.backend.encode(self.clean(_checked_text(text)), add_special_tokens=False).ids
 
     def __call__(self, texts: str | list[str], context_length: int = 77) -> torch.LongTensor:
-        """``[B, context_length]`` int64: start token, tokens, end token, zeros; too long texts lose their tail."""
+        """``[B, context_length]`` int64: start token, tokens, end token, padding; too long texts lose their tail."""
         _check_context_length(context_length)
         batch = [texts] if isinstance(texts, str) else [_checked_text(text) for text in texts]
-        encodings = self.backend.encode_batch_fast(batch, add_special_tokens=False)
-        return torch.from_numpy(_pack_rows([encoding.ids for encoding in encodings], context_length))
+        encodings = self.backend.encode_batch_fast([self.clean(text) for text in batch], add_special_tokens=False)
+        return torch.from_numpy(_pack_rows([encoding.ids for encoding in encodings], context_length, self.settings))
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of a row of ids; special tokens and padding are skipped."""
@@ -150,10 +223,12 @@ class Tokenizer:
         """The words of ``text`` with their token positions in the row ``self(text, context_length)[0]``.
 
         Words are runs of letters and digits (apostrophes allowed inside); punctuation is no word.
-        Words with any token cut off by truncation are left out.
+        Words with any token cut off by truncation are left out. A CLIP-style tokenizer's clean-up can change
+        the text (HTML entities): then words and offsets are those of the cleaned text.
         """
         _check_context_length(context_length)
-        offsets = self.backend.encode(_checked_text(text), add_special_tokens=False).offsets
+        text = self.clean(_checked_text(text))
+        offsets = self.backend.encode(text, add_special_tokens=False).offsets
         kept = context_length - 2  # room between the start and end tokens
         spans = []
         for match in _WORD.finditer(text):
@@ -163,11 +238,13 @@ class Tokenizer:
                 spans.append(WordSpan(match.group(), match.start(), match.end(), positions))
         return spans
 
-    def __getstate__(self) -> str:
-        return self.backend.to_str()  # pickling the backend itself would drop encode_special_tokens
+    def __getstate__(self) -> tuple[str, dict]:
+        # pickling the backend itself would drop encode_special_tokens
+        return self.backend.to_str(), dataclasses.asdict(self.settings)
 
-    def __setstate__(self, state: str) -> None:
-        self.__init__(tokenizers.Tokenizer.from_str(state))
+    def __setstate__(self, state: tuple[str, dict]) -> None:
+        backend, settings = state
+        self.__init__(tokenizers.Tokenizer.from_str(backend), TokenizerSettings(**settings))
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size})"
@@ -184,15 +261,15 @@ def _check_context_length(context_length: int) -> None:
         raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
 
 
-def _pack_rows(id_lists: list[list[int]], context_length: int) -> np.ndarray:
-    """``[B, context_length]`` int64 rows: start, ids (cut to fit), end, zero padding."""
-    rows = np.zeros((len(id_lists), context_length), dtype=np.int64)
-    rows[:, 0] = START_ID
+def _pack_rows(id_lists: list[list[int]], context_length: int, settings: TokenizerSettings) -> np.ndarray:
+    """``[B, context_length]`` int64 rows: start, ids (cut to fit), end, padding."""
+    rows = np.full((len(id_lists), context_length), settings.pad_id, dtype=np.int64)
+    rows[:, 0] = settings.start_id
     kept = context_length - 2
     for row, ids in zip(rows, id_lists, strict=True):
         count = min(len(ids), kept)
         row[1 : count + 1] = ids[:count]
-        row[count + 1] = END_ID
+        row[count + 1] = settings.end_id
     return rows
 
 

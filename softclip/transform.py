@@ -22,6 +22,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FILE_NAME = "preprocess.json"
 RESIZE_MODES = ("shortest", "squash")
+CROP_OFFSETS = ("exact", "round", "floor")
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -38,6 +39,11 @@ class PreprocessConfig:
 
     ``resize_mode``: ``"shortest"`` scales the shorter side to ``size`` and centre-crops a square,
     ``"squash"`` scales to ``size x size`` whatever the aspect ratio.
+
+    ``crop_offset`` (``"shortest"`` only): ``"exact"`` resamples the exactly centred square once (softclip's
+    own); ``"round"`` and ``"floor"`` resize the whole image first (the long side truncated to whole pixels),
+    then cut the square at a whole-pixel offset, rounded half to even as torchvision does (OpenAI, open_clip)
+    or floored as transformers does, so that pretrained CLIP models see their source's pixels.
     """
 
     size: int = 224
@@ -45,6 +51,7 @@ class PreprocessConfig:
     std: tuple[float, float, float] = CLIP_STD
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
+    crop_offset: str = "exact"
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(value) for value in self.mean)
@@ -57,6 +64,8 @@ class PreprocessConfig:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if self.crop_offset not in CROP_OFFSETS:
+            raise ValueError(f"crop_offset must be one of {CROP_OFFSETS}, got {self.crop_offset!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
@@ -182,8 +191,22 @@ def _crop_box(width: int, height: int, config: PreprocessConfig) -> tuple[float,
 def resize_and_crop(image: str | Path | Image.Image, config: PreprocessConfig) -> Image.Image:
     """``size x size`` RGB image: one Pillow resample (antialiased when shrinking) of the cropped region."""
     image = load_image(image)
+    if config.resize_mode == "shortest" and config.crop_offset != "exact":
+        return _resize_then_crop(image, config)
     box = _crop_box(image.width, image.height, config)
     return image.resize((config.size, config.size), INTERPOLATIONS[config.interpolation], box=box, reducing_gap=None)
+
+
+def _resize_then_crop(image: Image.Image, config: PreprocessConfig) -> Image.Image:
+    """The shorter side resized to ``size`` (the longer one truncated), then a whole-pixel centre crop."""
+    size, (width, height) = config.size, image.size
+    short, long = min(width, height), max(width, height)
+    resized_long = int(size * long / short)
+    new_size = (size, resized_long) if width <= height else (resized_long, size)
+    resized = image.resize(new_size, INTERPOLATIONS[config.interpolation], reducing_gap=None)
+    offset = round if config.crop_offset == "round" else math.floor  # round() is half to even, as torchvision's
+    left, top = int(offset((new_size[0] - size) / 2)), int(offset((new_size[1] - size) / 2))
+    return resized.crop((left, top, left + size, top + size))
 
 
 def image_to_array(image: str | Path | Image.Image, config: PreprocessConfig) -> np.ndarray:
