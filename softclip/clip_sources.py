@@ -59,6 +59,8 @@ def detect_format(path: Path) -> str:
     if (path / "open_clip_config.json").is_file():
         return "open_clip"
     config = path / "config.json"
+    if (path / "preprocess.json").is_file() and not config.is_file():
+        return "softclip"  # a softclip checkpoint missing its config: loading it says which file is missing
     if config.is_file():
         data = read_json(config)
         if data.get("model_type") == "clip" or "CLIPModel" in data.get("architectures", []):

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
-from softclip.tokenizer import PAD_ID, Tokenizer, WordSpan
+from softclip.tokenizer import Tokenizer, WordSpan
 from softclip.transform import PreprocessConfig, image_to_tensor, load_image, resize_and_crop
 
 # Words that name no region of an image. Colours, shapes, objects, materials and sizes are content.
@@ -260,10 +260,11 @@ def requested_queries(tokenizer: Tokenizer, caption: str, spans: list[WordSpan],
     return queries
 
 
-def _without(row: Tensor, positions: set[int]) -> Tensor:
-    """A [L] id row with the tokens at ``positions`` deleted, the rest moved up and padded with zeros."""
-    kept = [i for i in range(len(row)) if i not in positions and int(row[i]) != PAD_ID]
-    shortened = torch.full_like(row, PAD_ID)
+def _without(row: Tensor, positions: set[int], tokenizer: Tokenizer) -> Tensor:
+    """A [L] id row with the tokens at ``positions`` deleted, the rest (up to the end token) moved up and padded."""
+    end = int((row == tokenizer.end_id).int().argmax())
+    kept = [i for i in range(end + 1) if i not in positions]
+    shortened = torch.full_like(row, tokenizer.settings.pad_id)
     shortened[: len(kept)] = row[kept]
     return shortened
 
@@ -285,10 +286,10 @@ def query_token_rows(
         return template_rows(tokenizer, queries, template, context_length)
     row = tokenizer(caption, context_length)[0]  # (L,)
     if method == "contribution":
-        return torch.stack([row] + [_without(row, query.positions) for query in queries])
+        return torch.stack([row] + [_without(row, query.positions, tokenizer) for query in queries])
     spans = tokenizer.word_spans(caption, context_length)
     content = {position for span in spans if _is_content(span) for position in span.token_positions}
-    return torch.stack([_without(row, content - query.positions) for query in queries])
+    return torch.stack([_without(row, content - query.positions, tokenizer) for query in queries])
 
 
 @torch.no_grad()

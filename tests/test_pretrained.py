@@ -104,5 +104,5 @@ def test_corrupt_file_is_named(checkpoint: Path, tmp_path: Path, name: str) -> N
 
 
 def test_not_a_folder_nor_hub_id(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="neither a checkpoint folder nor a Hub repo id"):
+    with pytest.raises(CheckpointError, match="neither a model folder or file nor a Hub repo id"):
         from_pretrained(tmp_path / "missing" / "deeper")

@@ -161,7 +161,7 @@ def test_trimmed_padding_gives_the_same_text_embeddings() -> None:
 
     model = create_model("tiny-vit").eval()
     ids = model.tokenizer(["a red circle", "two blue squares"], 32)
-    trimmed = trim_padding(ids)
+    trimmed = trim_padding(ids, model.tokenizer.end_id)
     assert trimmed.shape[1] < 32 and (trimmed[:, -1] != 0).any()
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(trimmed), model.encode_text(ids), atol=1e-6, rtol=1e-5)
