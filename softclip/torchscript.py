@@ -16,6 +16,20 @@ from typing import Any
 
 import torch
 
+# Storage classes as the pickle names them, and the element type of their bytes.
+STORAGE_DTYPES = {
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+
 
 class TorchScriptError(ValueError):
     """An archive that is not a TorchScript module this reader understands."""
@@ -40,8 +54,10 @@ def is_torchscript(path: str | Path) -> bool:
     return any(name.endswith("/data.pkl") for name in names) and any("/code/" in name for name in names)
 
 
-def _rebuild_tensor(storage: torch.UntypedStorage, offset: int, size, stride, *_: Any) -> torch.Tensor:
-    return torch.empty(0, dtype=storage.dtype).set_(storage.untyped(), offset, torch.Size(size), tuple(stride))
+def _rebuild_tensor(storage: tuple[torch.UntypedStorage, torch.dtype], offset: int, size, stride, *_: Any):
+    """A tensor over the bytes of ``storage`` (offset and strides in elements), as torch's own rebuild makes it."""
+    data, dtype = storage
+    return torch.empty(0, dtype=dtype).set_(data, offset, torch.Size(size), tuple(stride))
 
 
 class _ArchiveUnpickler(pickle.Unpickler):
@@ -65,20 +81,18 @@ class _ArchiveUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("__torch__"):
             return ScriptObject
-        if module == "torch" and name.endswith("Storage"):
-            return getattr(torch, name)
+        if module == "torch" and name in STORAGE_DTYPES:
+            return STORAGE_DTYPES[name]
         if (module, name) in self._ALLOWED:
             return self._ALLOWED[(module, name)]
         raise TorchScriptError(f"the archive's pickle needs {module}.{name}, which is not plain tensor data")
 
-    def persistent_load(self, pid: Any) -> torch.TypedStorage:
-        kind, storage_type, key, _location, numel = pid
-        if kind != "storage":
-            raise TorchScriptError(f"unexpected persistent id {kind!r} in the archive")
-        data = self.archive.read(f"{self.prefix}/data/{key}")
-        dtype = storage_type.dtype if hasattr(storage_type, "dtype") else storage_type(0).dtype
-        untyped = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8, byte_order="little")
-        return torch.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+    def persistent_load(self, pid: Any) -> tuple[torch.UntypedStorage, torch.dtype]:
+        kind, dtype, key, _location, _numel = pid
+        if kind != "storage" or not isinstance(dtype, torch.dtype):
+            raise TorchScriptError(f"unexpected persistent id {pid!r} in the archive")
+        data = bytearray(self.archive.read(f"{self.prefix}/data/{key}"))
+        return torch.UntypedStorage.from_buffer(data, dtype=torch.uint8), dtype
 
 
 def _walk(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
