@@ -40,7 +40,7 @@ class TrainConfig:
 
     model: str = "tiny-vit"
     data: str = "synth"  # "synth", a CSV/TSV file or WebDataset shards "a-{000..009}.tar"
-    vinvl: str | None = None  # VinVL predictions.tsv joined to the CSV in `data` by image key
+    vinvl: str | None = None  # VinVL features (either layout, see vinvl.py) joined to `data` by image key
     out: str = "runs/softclip"
     loss: LossConfig = field(default_factory=LossConfig)
     steps: int = 500
@@ -268,6 +268,8 @@ class Trainer:
         self.is_main = self.dist.rank == 0
         torch.manual_seed(config.seed)
         self.dataset = open_dataset(config.data, config.vinvl, config.synth_size, config.caption_noise)
+        if self.is_main and getattr(self.dataset, "description", ""):
+            print(self.dataset.description, flush=True)  # which VinVL layout was found, and how the join went
         self.skipped = SkipLog()
         self.model = create_model(config.model)
         self.model.preprocess_config = PreprocessConfig(size=self.model.config.vision.image_size)
