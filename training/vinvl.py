@@ -72,6 +72,7 @@ def encode_floats(values: np.ndarray) -> str:
 def write_tsv(path: str | Path, rows: Iterable[Sequence[object]]) -> Path:
     """Tab-separated `rows` and their `.lineidx` (the byte offset of each row), as scene_graph_benchmark writes."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     offsets, position = [], 0
     with open(path, "wb") as handle:
         for row in rows:
