@@ -125,8 +125,8 @@ def test_extracted_predictions_with_hw_tsv(tmp_path: Path) -> None:
     captions = [("a", picture, "a white dog"), ("a", picture, "a dog by a table"), ("empty", picture, "nothing")]
     data = VinvlDataset(tmp_path / "vinvl", write_captions(tmp_path / "captions.csv", [*captions, ("z", "x", "?")]))
 
-    assert "predictions.tsv extracted with scene_graph_benchmark (3 images" in data.description
-    assert "train.hw.tsv" in data.description
+    assert "predictions.tsv extracted with scene_graph_benchmark (vinvl/predictions.tsv: 3 images" in data.description
+    assert "image sizes from train.hw.tsv" in data.description
     assert "joined 3 captions" in data.description and "1 captions without regions (e.g. key 'z')" in data.description
     assert "1 images with regions but no caption (e.g. id 'unused')" in data.description
     assert len(data) == 3 and (data.captions_without_regions, data.regions_without_captions) == (1, 1)
@@ -153,6 +153,19 @@ def test_missing_lineidx_is_built_and_sizes_come_from_the_image(tmp_path: Path) 
     values, boxes = regions_of(data[0])
     assert values == [8.0] and data[0].tags == "black cat"
     np.testing.assert_allclose(boxes[0], [0.1, 0.25, 0.5, 1.0])
+
+
+def test_a_folder_of_extracted_parts_is_one_data_set(tmp_path: Path) -> None:
+    cat = with_features([detected(0, "cat", 0.8, [0, 0, 8, 8])], [1.0])
+    write_extracted(tmp_path / "vinvl" / "part1", {"k1": cat})
+    write_extracted(tmp_path / "vinvl" / "part0", {"k0": with_features([detected(0, "dog", 0.7, [0, 0, 4, 4])])})
+    picture = write_image(tmp_path / "p.png")
+    rows = [("k1", picture, "a cat"), ("k0", picture, "a dog")]
+    data = VinvlDataset(tmp_path / "vinvl", write_captions(tmp_path / "c.csv", rows))
+    assert "(part0/predictions.tsv: 1 images; image sizes from the images, part1/predictions.tsv: 1 images" in (
+        data.description
+    )
+    assert [data[0].tags, data[1].tags] == ["cat", "dog"] and regions_of(data[0])[0] == [1.0]
 
 
 def test_bad_rows_are_skipped_and_counted_with_their_key(tmp_path: Path) -> None:

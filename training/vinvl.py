@@ -61,6 +61,14 @@ class NotVinvl(ValueError):
     """A path that holds neither VinVL layout."""
 
 
+class BadFeatures(ValueError):
+    """Feature values that cannot be decoded; `reason` is what the skip is counted under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
 # ------------------------------------------------------------------------------------------------ writing
 
 
@@ -156,7 +164,7 @@ class TsvRows:
     def keys(self) -> list[str]:
         """The first column of every row, read at each row's start (the file is not read through)."""
         keys = []
-        with open(self.path, "rb") as handle:
+        with open(self.path, "rb", buffering=0) as handle:  # unbuffered: a few bytes per row, not 8 KiB
             for offset in self.offsets.tolist():
                 keys.append(self._key_at(handle, offset))
         return keys
@@ -207,13 +215,13 @@ def region_tag(detection: dict, threshold: float = ATTRIBUTE_THRESHOLD) -> str:
 
 
 def decode_features(text: bytes | str, rows: int, dim: int) -> np.ndarray:
-    """float32 [rows, dim] from base64; ValueError naming what is wrong."""
+    """float32 [rows, dim] from base64, or BadFeatures ("bad base64", "wrong feature length")."""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise ValueError(f"bad base64: {error}") from error
+        raise BadFeatures("bad base64", str(error)) from error
     if len(raw) != rows * dim * 4:
-        raise ValueError(f"wrong feature length: {len(raw) // 4} floats, expected {rows} x {dim}")
+        raise BadFeatures("wrong feature length", f"{len(raw) / 4:g} floats, expected {rows} x {dim}")
     return np.frombuffer(raw, dtype=np.float32).reshape(rows, dim)
 
 
@@ -231,18 +239,19 @@ def parse_json_row(columns: list[bytes], key: str, where: str) -> dict:
     return value
 
 
-def finished(features: list[np.ndarray] | np.ndarray, tags: list[str], key: str, where: str) -> Regions:
+def checked_regions(features: list[np.ndarray] | np.ndarray, tags: list[str], key: str, where: str) -> Regions:
     stacked = np.asarray(features, np.float32).reshape(-1, APPEARANCE_DIM + 4)
     if not np.isfinite(stacked).all():
         raise bad_row("non-finite features", key, where, "NaN or infinity in a region")
     return Regions(stacked, tags)
 
 
-_REASONS = {"bad base64": "bad base64", "wrong feature length": "wrong feature length"}
+def _detail(error: Exception) -> str:
+    return str(error) if isinstance(error, BadFeatures) else f"{type(error).__name__}: {error}"
 
 
 def _reason(error: Exception) -> str:
-    return next((reason for prefix, reason in _REASONS.items() if str(error).startswith(prefix)), "bad vinvl row")
+    return getattr(error, "reason", "bad vinvl row")
 
 
 # ------------------------------------------------------------------------------------------------ layouts
@@ -296,7 +305,7 @@ class ExtractedPredictions:
 
     def describe(self) -> str:
         sizes = f"image sizes from {self.hw_tsv.name}, else the image" if self.hw_tsv else "image sizes from the images"
-        return f"{self.rows.path.name} extracted with scene_graph_benchmark ({len(self.keys)} images; {sizes})"
+        return f"{self.rows.path.parent.name}/{self.rows.path.name}: {len(self.keys)} images; {sizes}"
 
     def regions(self, row: int, key: str, image_size: tuple[int, int], max_rois: int) -> Regions:
         where = f"{self.rows.path.name} row {row + 1}"
@@ -308,8 +317,8 @@ class ExtractedPredictions:
             features = [_extracted_region(detection, scale) for detection in top]
             tags = [region_tag(detection, self.attribute_threshold) for detection in top]
         except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise bad_row(_reason(error), key, where, f"{type(error).__name__}: {error}") from error
-        return finished(features, tags, key, where)
+            raise bad_row(_reason(error), key, where, _detail(error)) from error
+        return checked_regions(features, tags, key, where)
 
     def tags(self, row: int, key: str, max_rois: int) -> list[str]:
         objects = parse_json_row(self.rows.row(row), key, f"{self.rows.path.name} row {row + 1}")["objects"]
@@ -404,9 +413,9 @@ class DownloadedChunk:
             top = ranked(objects, max_rois)
             tags = [region_tag(objects[i], self.attribute_threshold) for i in top]
         except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise bad_row(_reason(error), key, where, f"{type(error).__name__}: {error}") from error
+            raise bad_row(_reason(error), key, where, _detail(error)) from error
         boxes_01 = np.clip(values[top, APPEARANCE_DIM : APPEARANCE_DIM + 4], 0.0, 1.0)
-        return finished(np.concatenate([values[top, :APPEARANCE_DIM], boxes_01], axis=1), tags, key, where)
+        return checked_regions(np.concatenate([values[top, :APPEARANCE_DIM], boxes_01], axis=1), tags, key, where)
 
     def tags(self, row: int, key: str, max_rois: int) -> list[str]:
         where = f"{self.folder.name}/predictions.tsv row {row + 1}"
@@ -432,7 +441,7 @@ def _check_download(features: TsvRows) -> None:
 
 
 class VinvlFeatures:
-    """Every VinVL part under one path (a predictions.tsv, or download chunks), with one key index."""
+    """Every VinVL part under one path (predictions.tsv files, or download chunks), with one key index."""
 
     def __init__(self, path: str | Path, attribute_threshold: float = ATTRIBUTE_THRESHOLD):
         self.path = Path(path)
@@ -454,17 +463,17 @@ class VinvlFeatures:
         return located, repeats
 
     def describe(self) -> str:
-        """Which layout was found, e.g. "Microsoft's pre-extracted features, 3 chunk folders (0: 10 images, ...)"."""
+        """Which layout was found, e.g. "Microsoft's pre-extracted download, 3 chunk folder(s) (0: 10 images, ...)"."""
         built = [p for p in self.parts if p.built_index]
         note = f"; built a missing .lineidx in {len(built)} place(s)" if built else ""
+        parts = ", ".join(part.describe() for part in self.parts)
         if self.layout == "extracted":
-            return f"VinVL features: {self.parts[0].describe()}{note}"
-        chunks = ", ".join(part.describe() for part in self.parts)
-        return f"VinVL features: Microsoft's pre-extracted download, {len(self.parts)} chunk folder(s) ({chunks}){note}"
+            return f"VinVL features: predictions.tsv extracted with scene_graph_benchmark ({parts}){note}"
+        return f"VinVL features: Microsoft's pre-extracted download, {len(self.parts)} chunk folder(s) ({parts}){note}"
 
 
 def open_parts(path: Path, attribute_threshold: float) -> list:
-    """The layout under `path`: a predictions.tsv, a chunk folder, or a folder of chunk folders."""
+    """The layout under `path`: a predictions.tsv or a chunk folder, or a folder of either."""
     if not path.exists():
         raise FileNotFoundError(f"VinVL features not found: {path}")
     folder = path if path.is_dir() else path.parent
@@ -475,9 +484,12 @@ def open_parts(path: Path, attribute_threshold: float) -> list:
     if (path / "predictions.tsv").is_file():
         return [ExtractedPredictions(path / "predictions.tsv", attribute_threshold)]
     chunks = sorted((p for p in path.iterdir() if (p / "features.tsv").is_file()), key=_natural)
-    if not chunks:
-        raise NotVinvl(f"{path} holds no predictions.tsv, features.tsv or chunk folders; expected {LAYOUTS_EXPECTED}")
-    return [DownloadedChunk(chunk, attribute_threshold) for chunk in chunks]
+    if chunks:
+        return [DownloadedChunk(chunk, attribute_threshold) for chunk in chunks]
+    extracted = sorted((p for p in path.iterdir() if (p / "predictions.tsv").is_file()), key=_natural)
+    if extracted:  # scene_graph_benchmark run on several parts of a data set
+        return [ExtractedPredictions(part / "predictions.tsv", attribute_threshold) for part in extracted]
+    raise NotVinvl(f"{path} holds no predictions.tsv, features.tsv or chunk folders; expected {LAYOUTS_EXPECTED}")
 
 
 def _natural(path: Path) -> tuple:
