@@ -391,14 +391,19 @@ class DownloadedChunk:
         index = self.folder / "imageid2idx.json"
         if not index.is_file():
             return self.predictions.keys()
+        try:
+            rows = {str(key): int(row) for key, row in json.loads(index.read_text()).items()}
+        except (ValueError, TypeError, AttributeError) as error:
+            raise ValueError(f"{index} is not a JSON object of image id -> row number ({error})") from error
         keys = [""] * len(self.predictions)
-        for key, row in json.loads(index.read_text()).items():
-            if not 0 <= int(row) < len(keys):
+        for key, row in rows.items():
+            if not 0 <= row < len(keys):
                 raise ValueError(f"{index}: row {row} of {key!r} is outside the {len(keys)} rows of features.tsv")
-            keys[int(row)] = str(key)
+            keys[row] = key
         return keys
 
     def regions(self, row: int, key: str, image_size: tuple[int, int], max_rois: int) -> Regions:
+        """The regions of image `key` at `row`; `image_size` is unused: the download's boxes are normalised."""
         where = f"{self.folder.name}/features.tsv row {row + 1}"
         objects = parse_json_row(self.predictions.row(row), key, f"{self.folder.name}/predictions.tsv row {row + 1}")
         objects = objects["objects"]
