@@ -318,11 +318,15 @@ def test_train_command_reads_the_download_layout(tmp_path: Path, capsys) -> None
     root = tmp_path / "features"
     write_chunk(root / "0", {str(k): twelve_objects()[k : k + 3] for k in range(4)})
     write_chunk(root / "1", {str(k): twelve_objects()[: k - 2] for k in range(4, 8)})
+    features = root / "1" / "features.tsv"  # image 7's features are not base64: skipped, reported with its key
+    features.write_text(features.read_text().replace("\t5\t", "\t5\t@@"))
+    lineidx_path(features).unlink()
     picture = write_image(tmp_path / "p.png", (64, 48))
     captions = write_captions(tmp_path / "c.csv", [(str(k), picture, f"a photo number {k}") for k in range(8)])
     out = tmp_path / "run"
-    args = ["train", "--data", str(captions), "--vinvl", str(root), "--out", str(out), "--steps", "1"]
+    args = ["train", "--data", str(captions), "--vinvl", str(root), "--out", str(out), "--steps", "2"]
     assert main([*args, "--batch-size", "4", "--workers", "0", "--no-eval", "--model", "tiny-vit"]) == 0
     printed = capsys.readouterr().out
     assert "Microsoft's pre-extracted download, 2 chunk folder(s)" in printed and "joined 8 captions" in printed
+    assert "skipped 1 samples: 1 bad base64 (e.g. c.csv row 8 (key 7): key '7' (1/features.tsv row 4)" in printed
     assert (out / "final" / "model.safetensors").is_file()

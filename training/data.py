@@ -21,6 +21,7 @@ import tarfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,8 @@ class SkipLog:
 
     def add_sample(self, sample: Sample) -> None:
         """Counts the skips a sample carries (how a DataLoader worker's skips reach the main process)."""
-        for reason in sample.skipped:
-            self.add(reason)
+        for reason, example in zip_longest(sample.skipped, sample.skip_examples, fillvalue=""):
+            self.add(reason, example)
 
     @property
     def total(self) -> int:
@@ -196,15 +197,17 @@ class SkippingDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         reasons: list[str] = []
+        examples: list[str] = []
         for offset in range(min(_MAX_TRIES, len(self))):
             position = (index + offset) % len(self)
             try:
                 sample = self.read(position)
             except UnreadableSample as error:
-                self.skipped.add(error.reason, f"{self.describe(position)}: {error.detail}".rstrip(": "))
+                examples.append(f"{self.describe(position)}: {error.detail}".rstrip(": "))
+                self.skipped.add(error.reason, examples[-1])
                 reasons.append(error.reason)
                 continue
-            sample.skipped = tuple(reasons)
+            sample.skipped, sample.skip_examples = tuple(reasons), tuple(examples)
             return sample
         raise RuntimeError(f"{len(reasons)} unreadable samples in a row from index {index}; {self.skipped.report()}")
 

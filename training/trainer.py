@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,7 @@ class TrainingSamples(Dataset):
             "rois": torch.from_numpy(np.asarray(sample.rois, dtype=np.float32)),
             "roi_mask": torch.from_numpy(np.asarray(sample.roi_mask, dtype=bool)),
             "skipped": tuple(sample.skipped),
+            "skip_examples": tuple(sample.skip_examples),
         }
 
 
@@ -165,6 +167,7 @@ class Collate:
             "rois": torch.stack([item["rois"] for item in items]),
             "roi_mask": torch.stack([item["roi_mask"] for item in items]),
             "skipped": [reason for item in items for reason in item["skipped"]],
+            "skip_examples": [example for item in items for example in item["skip_examples"]],
         }
 
 
@@ -353,8 +356,9 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimiser step over `accum_steps` micro-batches; returns the loss terms."""
         self.ddp_model.train()
-        for reason in batch.pop("skipped", []):
-            self.skipped.add(reason)
+        skipped, examples = batch.pop("skipped", []), batch.pop("skip_examples", [])
+        for reason, example in zip_longest(skipped, examples, fillvalue=""):  # the example names the sample's key
+            self.skipped.add(reason, example)
         if not self.config.loss.needs_roi_tag():  # plain CLIP: the ROI and tag passes would be wasted work
             batch = {k: batch[k] for k in ("images", "texts")}
         micro = [{k: v[i :: self.config.accum_steps] for k, v in batch.items()} for i in range(self.config.accum_steps)]
