@@ -83,7 +83,12 @@ def label_folder_to_csv(args: argparse.Namespace, labels: list[str]) -> int:
 def _train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny-vit", help="preset name or config JSON")
     parser.add_argument("--data", default="synth", help="synth, a CSV/TSV, WebDataset shards or a VinVL join CSV")
-    parser.add_argument("--vinvl", default=None, help="VinVL predictions.tsv to join to the --data CSV by image key")
+    parser.add_argument(
+        "--vinvl",
+        default=None,
+        help="VinVL features joined to --data by key: a scene_graph_benchmark predictions.tsv, or a folder of "
+        "Microsoft's pre-extracted features (features.tsv + predictions.tsv) or of such chunk folders",
+    )
     parser.add_argument("--out", default="runs/softclip", help="output folder (checkpoints, metrics, final model)")
     parser.add_argument("--loss", default="softclip", help="clip, label_smoothing, soft, soft_relation or softclip")
     parser.add_argument("--steps", type=int, default=500)

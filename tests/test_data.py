@@ -1,9 +1,8 @@
-"""Real data readers: CSV/TSV, WebDataset shards (streamed and indexed) and VinVL detector output all yield
-the SynthScenes sample type; corrupt samples are skipped and counted, never fatal."""
+"""Real data readers: CSV/TSV and WebDataset shards (streamed and indexed) yield the SynthScenes sample type;
+corrupt samples are skipped and counted, never fatal. (VinVL: test_vinvl.py.)"""
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -20,11 +19,9 @@ from softclip.training.data import (
     IndexedShards,
     SkipLog,
     UnreadableSample,
-    VinvlDataset,
     WebDatasetShards,
     expand_shards,
     pad_rois,
-    parse_vinvl_prediction,
 )
 from softclip.training.synthetic import SynthConfig, SynthScenes, write_split
 
@@ -303,52 +300,3 @@ def test_indexed_shards_give_random_access_with_the_same_samples(shards: str, br
     captions = [broken[i].caption for i in range(len(broken))]
     assert {"good one", "caption from json", "png bytes named webp"} <= set(captions)
     assert broken.skipped.counts["unreadable image"] >= 1 and broken.skipped.counts["missing image"] >= 1
-
-
-# ------------------------------------------------------------------------------------------------- VinVL
-
-
-def detection(rect: list[float], name: str, conf: float, attributes: list, value: float, dims: int = 2048) -> dict:
-    feature = base64.b64encode(np.full(dims, value, np.float32).tobytes()).decode()
-    return {"rect": rect, "class": name, "conf": conf, "feature": feature, "attributes": attributes}
-
-
-def test_parse_vinvl_prediction_keeps_the_most_confident_regions() -> None:
-    objects = [detection([0, 0, 50, 20], f"thing{i}", conf=i / 12, attributes=["red"], value=i) for i in range(12)]
-    objects[11]["attributes"] = []
-    objects[10] = detection([10, 5, 100, 40], "cat", 0.99, [["white", 0.8], ["small", 0.1]], 10.0, dims=2054)
-    features, tags = parse_vinvl_prediction({"objects": objects, "image_w": 100, "image_h": 40})
-    assert features.shape == (10, 2052) and features.dtype == np.float32
-    assert tags[:3] == ["white cat", "thing11", "red thing9"]
-    np.testing.assert_allclose(features[0, -4:], [0.1, 0.125, 1.0, 1.0])
-    assert features[0, 0] == 10 and features[1, 0] == 11
-    with pytest.raises(UnreadableSample, match="bad detections.*feature of 7 floats"):
-        parse_vinvl_prediction(
-            {"objects": [detection([0, 0, 1, 1], "x", 1, [], 1.0, dims=7)], "image_w": 4, "image_h": 4}
-        )
-    with pytest.raises(UnreadableSample, match="bad detections"):
-        parse_vinvl_prediction({"objects": [], "image_w": 0, "image_h": 4})
-
-
-def test_vinvl_join_reads_detections_by_key_and_skips_bad_ones(tmp_path: Path) -> None:
-    (tmp_path / "one.png").write_bytes(png_bytes())
-    (tmp_path / "two.png").write_bytes(png_bytes((0, 0, 0)))
-    good = {"objects": [detection([0, 0, 8, 8], "dog", 0.9, ["brown"], 1.0)], "image_w": 16, "image_h": 16}
-    empty = {"objects": [], "image_w": 16, "image_h": 16}
-    broken = {"objects": [{"rect": [0, 0, 1, 1], "class": "x", "feature": "@@@not base64"}], "image_w": 4, "image_h": 4}
-    lines = [f"k1\t{json.dumps(good)}", f"k2\t{json.dumps(empty)}", f"k3\t{json.dumps(broken)}", "k4\t{not json"]
-    (tmp_path / "predictions.tsv").write_text("\n".join(lines) + "\n")
-    rows = [["k1", "one.png", "a brown dog"], ["k1", "one.png", "a dog"], ["k2", "two.png", "nothing detected"]]
-    rows += [["k3", "one.png", "bad feature"], ["k4", "one.png", "bad json"], ["k9", "one.png", "unknown key"]]
-    data = VinvlDataset(
-        tmp_path / "predictions.tsv", write_table(tmp_path / "captions.tsv", ["key", "filepath", "caption"], rows, "\t")
-    )
-    assert len(data) == 6
-    first = data[0]
-    assert_sample_shape(first)
-    assert (first.key, first.caption, first.tags, int(first.roi_mask.sum())) == ("k1", "a brown dog", "brown dog", 1)
-    np.testing.assert_allclose(first.rois[0, -4:], [0, 0, 0.5, 0.5])
-    assert data[2].tags == "" and not data[2].roi_mask.any()
-    assert data[3].caption == "a brown dog"  # k3, k4 and k9 are skipped, wrapping round to the first row
-    assert data[3].skipped == ("bad detections", "bad detections", "no detections")
-    assert data.texts(1) == ["a dog", "brown dog"]

@@ -1,4 +1,4 @@
-"""Real data readers: CSV/TSV tables, WebDataset shards and VinVL detector output.
+"""Real data readers: CSV/TSV tables and WebDataset shards (VinVL detector output: `vinvl.py`).
 
 Every reader yields `Sample`s, the type SynthScenes yields: an RGB image, a caption, `max_rois` ROI
 features (rows of 2048 appearance + 4 box coordinates in [0, 1], zero rows for padding), their mask and
@@ -7,14 +7,12 @@ the detector tags joined by ", ". So one collate function serves every source.
 A corrupt or unreadable sample never stops training. It is counted by reason in the reader's `skipped`
 log (`SkipLog.report()` at epoch end), and its reason also travels on the next sample's `skipped` field,
 because a DataLoader worker's log never reaches the main process: there, `SkipLog.add_sample` counts them.
-Map-style readers (`CsvDataset`, `VinvlDataset`, `IndexedShards`) return the next readable sample in place
+Map-style readers (`CsvDataset`, `IndexedShards`, `VinvlDataset`) return the next readable sample in place
 of an unreadable one; the streaming `WebDatasetShards` drops it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import io
 import json
@@ -23,6 +21,7 @@ import tarfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,6 @@ from softclip.training.synthetic import Sample
 from softclip.transform import load_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # WebDataset image members, in order of preference
-VINVL_EXTRA_DIMS = 6  # VinVL may append its own 6-d box encoding to the 2048-d appearance feature
 _MAX_TRIES = 64  # consecutive unreadable samples before a map-style reader gives up
 
 
@@ -59,8 +57,8 @@ class SkipLog:
 
     def add_sample(self, sample: Sample) -> None:
         """Counts the skips a sample carries (how a DataLoader worker's skips reach the main process)."""
-        for reason in sample.skipped:
-            self.add(reason)
+        for reason, example in zip_longest(sample.skipped, sample.skip_examples, fillvalue=""):
+            self.add(reason, example)
 
     @property
     def total(self) -> int:
@@ -117,7 +115,8 @@ def load_roi_file(source: str | Path | io.BytesIO) -> np.ndarray:
         raise UnreadableSample("unreadable roi file", f"{source}: {error}") from error
 
 
-def _image_file(path: Path) -> Image.Image:
+def read_image_file(path: Path) -> Image.Image:
+    """The upright RGB image at `path`, or UnreadableSample ("missing image", "unreadable image")."""
     try:
         return load_image(path)
     except FileNotFoundError as error:
@@ -135,7 +134,8 @@ def _image_bytes(data: bytes, name: str) -> Image.Image:
         raise UnreadableSample("unreadable image", f"{name}: {error}") from error
 
 
-def _caption(text: str | None) -> str:
+def checked_caption(text: str | None) -> str:
+    """`text` stripped, or UnreadableSample("empty caption")."""
     caption = (text or "").strip()
     if not caption:
         raise UnreadableSample("empty caption")
@@ -155,7 +155,7 @@ def _separator(path: Path, separator: str | None) -> str:
     return "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
 
 
-def _read_table(path: Path, separator: str | None, required: list[str]) -> tuple[list[str], list[dict[str, str]]]:
+def read_table(path: Path, separator: str | None, required: list[str]) -> tuple[list[str], list[dict[str, str]]]:
     """(header, rows) of a CSV/TSV file; every column in `required` must be present, and one row at least."""
     if not path.is_file():
         raise FileNotFoundError(f"table not found: {path}")
@@ -180,7 +180,7 @@ def _optional_column(header: list[str], column: str | None, default: str, path: 
     return column
 
 
-class _SkippingDataset(Dataset):
+class SkippingDataset(Dataset):
     """Map-style reader: an unreadable sample is counted and replaced by the next readable one."""
 
     skipped: SkipLog
@@ -197,20 +197,22 @@ class _SkippingDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         reasons: list[str] = []
+        examples: list[str] = []
         for offset in range(min(_MAX_TRIES, len(self))):
             position = (index + offset) % len(self)
             try:
                 sample = self.read(position)
             except UnreadableSample as error:
-                self.skipped.add(error.reason, f"{self.describe(position)}: {error.detail}".rstrip(": "))
+                examples.append(f"{self.describe(position)}: {error.detail}".rstrip(": "))
+                self.skipped.add(error.reason, examples[-1])
                 reasons.append(error.reason)
                 continue
-            sample.skipped = tuple(reasons)
+            sample.skipped, sample.skip_examples = tuple(reasons), tuple(examples)
             return sample
         raise RuntimeError(f"{len(reasons)} unreadable samples in a row from index {index}; {self.skipped.report()}")
 
 
-class CsvDataset(_SkippingDataset):
+class CsvDataset(SkippingDataset):
     """Image-caption pairs listed in a CSV/TSV file, as open_clip reads them, with optional detector regions.
 
     Paths are resolved against `root` (default: the table's folder). The separator follows the file
@@ -234,7 +236,7 @@ class CsvDataset(_SkippingDataset):
     ):
         self.path = Path(path)
         self.root = Path(root) if root is not None else self.path.parent
-        header, rows = _read_table(self.path, separator, [image_column, caption_column])
+        header, rows = read_table(self.path, separator, [image_column, caption_column])
         roi_column = _optional_column(header, roi_column, "roi_path", self.path)
         tags_column = _optional_column(header, tags_column, "tags", self.path)
         self.images = [row[image_column] or "" for row in rows]
@@ -251,11 +253,11 @@ class CsvDataset(_SkippingDataset):
         return f"{self.path.name} row {index + 1} ({self.images[index]})"
 
     def read(self, index: int) -> Sample:
-        caption = _caption(self.captions[index])
+        caption = checked_caption(self.captions[index])
         rois, mask = self._rois(index)
         if not self.images[index]:
             raise UnreadableSample("missing image", "empty path")
-        image = _image_file(self.root / self.images[index])
+        image = read_image_file(self.root / self.images[index])
         return Sample(image, caption, rois, mask, self.tags[index].strip(), key=self.images[index])
 
     def _rois(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -289,8 +291,7 @@ def decode_webdataset_sample(raw: dict, max_rois: int = 10, roi_dim: int = 2052)
     """
     key = str(raw.get("__key__", ""))
     metadata = _json_member(raw, key)
-    text = raw["txt"].decode("utf-8", "replace") if "txt" in raw else metadata.get("caption")
-    caption = _caption(text if isinstance(text, str) else None)
+    caption = webdataset_caption(raw, metadata)
     extension = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
     if extension is None:
         raise UnreadableSample("missing image", f"{key} has only {sorted(k for k in raw if not k.startswith('__'))}")
@@ -301,6 +302,14 @@ def decode_webdataset_sample(raw: dict, max_rois: int = 10, roi_dim: int = 2052)
     tags = raw["tags.txt"].decode("utf-8", "replace") if "tags.txt" in raw else str(metadata.get("tags", ""))
     image = _image_bytes(raw[extension], f"{key}.{extension}")
     return Sample(image, caption, rois, mask, tags.strip(), key=key)
+
+
+def webdataset_caption(raw: dict, metadata: dict | None = None) -> str:
+    """The caption of one WebDataset sample: its ``txt`` member, else ``json["caption"]``."""
+    if metadata is None:
+        metadata = _json_member(raw, str(raw.get("__key__", "")))
+    text = raw["txt"].decode("utf-8", "replace") if "txt" in raw else metadata.get("caption")
+    return checked_caption(text if isinstance(text, str) else None)
 
 
 def _json_member(raw: dict, key: str) -> dict:
@@ -400,7 +409,7 @@ class WebDatasetShards(IterableDataset):
         self._pending.append(reason)
 
 
-class IndexedShards(_SkippingDataset):
+class IndexedShards(SkippingDataset):
     """Random access to the samples of local WebDataset shards, for samplers that choose indices.
 
     The shards' tar headers are read once; a sample is then read by seeking to its members. The
@@ -438,13 +447,22 @@ class IndexedShards(_SkippingDataset):
         return f"{self.shards[number]}:{key}"
 
     def read(self, index: int) -> Sample:
-        number, key, members = self.entries[index]
-        raw: dict = {"__key__": Path(key).name}
+        return decode_webdataset_sample(self.members(index), self.max_rois, self.roi_dim)
+
+    def key(self, index: int) -> str:
+        """The WebDataset key of sample `index` (its members' shared name, without folders)."""
+        return Path(self.entries[index][1]).name
+
+    def members(self, index: int, extensions: Iterable[str] | None = None) -> dict:
+        """The raw members of sample `index` (``{"__key__": ..., "jpg": bytes, ...}``), or only `extensions`."""
+        number, _, members = self.entries[index]
+        wanted = members if extensions is None else {e: members[e] for e in extensions if e in members}
+        raw: dict = {"__key__": self.key(index)}
         with open(self.shards[number], "rb") as handle:
-            for extension, (offset, size) in members.items():
+            for extension, (offset, size) in wanted.items():
                 handle.seek(offset)
                 raw[extension] = handle.read(size)
-        return decode_webdataset_sample(raw, self.max_rois, self.roi_dim)
+        return raw
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -452,126 +470,3 @@ def _split_member(name: str) -> tuple[str, str]:
     folder, _, base = name.rpartition("/")
     stem, _, extension = base.partition(".")
     return (f"{folder}/{stem}" if folder else stem), extension.lower()
-
-
-# ---------------------------------------------------------------------------------------------------- VinVL
-
-
-def parse_vinvl_prediction(
-    prediction: dict, max_rois: int = 10, appearance_dim: int = 2048
-) -> tuple[np.ndarray, list[str]]:
-    """(features float32 [K, appearance_dim + 4], tags) of the `max_rois` most confident VinVL detections.
-
-    `prediction` is a predictions.tsv value: {"objects": [{"rect": [x0, y0, x1, y1], "class", "conf",
-    "feature": base64 float32, "attributes": [...]}], "image_h", "image_w"}. A feature is the appearance
-    vector followed by the box divided by the image size; a tag is "attribute class" (top attribute).
-    """
-    try:
-        width, height = float(prediction["image_w"]), float(prediction["image_h"])
-        if width <= 0 or height <= 0:
-            raise ValueError(f"image size {width} x {height}")
-        objects = sorted(prediction["objects"], key=lambda o: -float(o.get("conf", 0.0)))[:max_rois]
-        rows = [_vinvl_region(o, width, height, appearance_dim) for o in objects]
-        tags = [_vinvl_tag(o) for o in objects]
-    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as error:
-        raise UnreadableSample("bad detections", f"{type(error).__name__}: {error}") from error
-    features = np.stack(rows) if rows else np.zeros((0, appearance_dim + 4), np.float32)
-    return features.astype(np.float32), tags
-
-
-def _vinvl_region(detection: dict, width: float, height: float, appearance_dim: int) -> np.ndarray:
-    appearance = np.frombuffer(base64.b64decode(detection["feature"], validate=True), dtype=np.float32)
-    if appearance.size not in (appearance_dim, appearance_dim + VINVL_EXTRA_DIMS):
-        raise ValueError(f"feature of {appearance.size} floats, expected {appearance_dim}")
-    x0, y0, x1, y1 = (float(c) for c in detection["rect"])
-    box = np.clip([x0 / width, y0 / height, x1 / width, y1 / height], 0.0, 1.0)
-    return np.concatenate([appearance[:appearance_dim], box]).astype(np.float32)
-
-
-def _vinvl_tag(detection: dict) -> str:
-    attributes = detection.get("attributes") or []
-    top = attributes[0] if attributes else ""
-    top = top[0] if isinstance(top, list | tuple) else top  # some dumps store [name, score] pairs
-    return f"{top} {detection['class']}".strip()
-
-
-def index_tsv(path: str | Path) -> dict[str, int]:
-    """Byte offset of each line of a ``key<TAB>value`` file, by key (the last line wins on repeats)."""
-    offsets: dict[str, int] = {}
-    position = 0
-    with open(path, "rb") as handle:
-        for line in handle:
-            key = line.split(b"\t", 1)[0].strip().decode("utf-8", "replace")
-            if key:
-                offsets[key] = position
-            position += len(line)
-    return offsets
-
-
-class VinvlDataset(_SkippingDataset):
-    """Captions joined by image key to VinVL detector output.
-
-    `predictions` is predictions.tsv (``image_key<TAB>json`` rows, read lazily by byte offset); `captions`
-    a CSV/TSV with a key, an image path (relative to `root`, default its folder) and a caption column, one
-    row per caption. A caption whose key has no detection row is skipped as "no detections".
-    """
-
-    def __init__(
-        self,
-        predictions: str | Path,
-        captions: str | Path,
-        *,
-        key_column: str = "key",
-        image_column: str = "filepath",
-        caption_column: str = "caption",
-        separator: str | None = None,
-        root: str | Path | None = None,
-        max_rois: int = 10,
-        roi_dim: int = 2052,
-    ):
-        self.predictions, self.captions_path = Path(predictions), Path(captions)
-        if not self.predictions.is_file():
-            raise FileNotFoundError(f"VinVL predictions not found: {self.predictions}")
-        self.offsets = index_tsv(self.predictions)
-        _, rows = _read_table(self.captions_path, separator, [key_column, image_column, caption_column])
-        self.keys = [(row[key_column] or "").strip() for row in rows]
-        self.images = [row[image_column] or "" for row in rows]
-        self.captions = [row[caption_column] or "" for row in rows]
-        self.root = Path(root) if root is not None else self.captions_path.parent
-        self.max_rois, self.roi_dim = max_rois, roi_dim
-        self.skipped = SkipLog()
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def describe(self, index: int) -> str:
-        return f"{self.captions_path.name} row {index + 1} (key {self.keys[index]})"
-
-    def detections(self, key: str) -> tuple[np.ndarray, list[str]]:
-        """(features [K, roi_dim], tags) of image `key`, K <= max_rois."""
-        if key not in self.offsets:
-            raise UnreadableSample("no detections", f"key {key!r}")
-        with open(self.predictions, "rb") as handle:
-            handle.seek(self.offsets[key])
-            _, _, payload = handle.readline().partition(b"\t")
-        try:
-            prediction = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise UnreadableSample("bad detections", f"key {key!r}: {error}") from error
-        if not isinstance(prediction, dict):
-            raise UnreadableSample("bad detections", f"key {key!r}: not an object")
-        return parse_vinvl_prediction(prediction, self.max_rois, self.roi_dim - 4)
-
-    def read(self, index: int) -> Sample:
-        caption = _caption(self.captions[index])
-        features, tags = self.detections(self.keys[index])
-        rois, mask = pad_rois(features, self.max_rois, self.roi_dim)
-        image = _image_file(self.root / self.images[index])
-        return Sample(image, caption, rois, mask, ", ".join(tags), key=self.keys[index])
-
-    def texts(self, index: int) -> list[str]:
-        """Caption and tags of row `index`, without reading the image (for tokenizer training)."""
-        try:
-            return [self.captions[index], ", ".join(self.detections(self.keys[index])[1])]
-        except UnreadableSample:
-            return [self.captions[index], ""]

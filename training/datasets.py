@@ -12,8 +12,8 @@ def open_dataset(
 ):
     """A map-style dataset of `Sample`s (map-style so that the trainer can resume at an exact position).
 
-    `data` is "synth", a CSV/TSV (with `vinvl`: the captions joined to VinVL predictions.tsv by image key),
-    or WebDataset shards ("train-{000000..000099}.tar"), read with random access.
+    `data` is "synth", a CSV/TSV or WebDataset shards ("train-{000000..000099}.tar", read with random access);
+    with `vinvl` (either VinVL layout, see `vinvl.py`), its captions joined to the VinVL regions by key.
     SynthScenes always uses its train split's seed, so no training seed can reproduce the test scenes.
     """
     from softclip.training import data as readers
@@ -21,7 +21,9 @@ def open_dataset(
     if data == "synth":
         return SynthScenes(SynthConfig(caption_noise=caption_noise, image_size=image_size), length=synth_size)
     if vinvl:
-        return readers.VinvlDataset(vinvl, data)
+        from softclip.training.vinvl import VinvlDataset
+
+        return VinvlDataset(vinvl, data)
     if data.endswith(".tar") or "{" in data:
         return readers.IndexedShards(data)
     if Path(data).suffix in (".csv", ".tsv"):

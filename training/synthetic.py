@@ -191,6 +191,7 @@ class Sample:
     noise: str = "clean"  # SynthScenes: "clean", "swapped" or "wrong_attribute"
     key: str = ""
     skipped: tuple[str, ...] = ()  # readers: why the unreadable samples just before this one were skipped
+    skip_examples: tuple[str, ...] = ()  # readers: where each of those samples was (its key, file, row)
 
 
 # ------------------------------------------------------------------------------------------------- scenes

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ class TrainConfig:
 
     model: str = "tiny-vit"
     data: str = "synth"  # "synth", a CSV/TSV file or WebDataset shards "a-{000..009}.tar"
-    vinvl: str | None = None  # VinVL predictions.tsv joined to the CSV in `data` by image key
+    vinvl: str | None = None  # VinVL features (either layout, see vinvl.py) joined to `data` by image key
     out: str = "runs/softclip"
     loss: LossConfig = field(default_factory=LossConfig)
     steps: int = 500
@@ -148,6 +149,7 @@ class TrainingSamples(Dataset):
             "rois": torch.from_numpy(np.asarray(sample.rois, dtype=np.float32)),
             "roi_mask": torch.from_numpy(np.asarray(sample.roi_mask, dtype=bool)),
             "skipped": tuple(sample.skipped),
+            "skip_examples": tuple(sample.skip_examples),
         }
 
 
@@ -166,6 +168,7 @@ class Collate:
             "rois": torch.stack([item["rois"] for item in items]),
             "roi_mask": torch.stack([item["roi_mask"] for item in items]),
             "skipped": [reason for item in items for reason in item["skipped"]],
+            "skip_examples": [example for item in items for example in item["skip_examples"]],
         }
 
 
@@ -269,6 +272,8 @@ class Trainer:
         self.is_main = self.dist.rank == 0
         torch.manual_seed(config.seed)
         self.dataset = open_dataset(config.data, config.vinvl, config.synth_size, config.caption_noise)
+        if self.is_main and getattr(self.dataset, "description", ""):
+            print(self.dataset.description, flush=True)  # which VinVL layout was found, and how the join went
         self.skipped = SkipLog()
         self.model = create_model(config.model)
         self.model.preprocess_config = PreprocessConfig(size=self.model.config.vision.image_size)
@@ -352,8 +357,9 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimiser step over `accum_steps` micro-batches; returns the loss terms."""
         self.ddp_model.train()
-        for reason in batch.pop("skipped", []):
-            self.skipped.add(reason)
+        skipped, examples = batch.pop("skipped", []), batch.pop("skip_examples", [])
+        for reason, example in zip_longest(skipped, examples, fillvalue=""):  # the example names the sample's key
+            self.skipped.add(reason, example)
         if not self.config.loss.needs_roi_tag():  # plain CLIP: the ROI and tag passes would be wasted work
             batch = {k: batch[k] for k in ("images", "texts")}
         micro = [{k: v[i :: self.config.accum_steps] for k, v in batch.items()} for i in range(self.config.accum_steps)]
