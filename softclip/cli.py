@@ -81,7 +81,9 @@ def label_folder_to_csv(args: argparse.Namespace, labels: list[str]) -> int:
 
 @command("train", "train a CLIP or SoftCLIP model (runs unchanged under torchrun)")
 def _train(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny-vit", help="preset name or config JSON")
+    parser.add_argument("--model", default="tiny-vit", help="preset name or config JSON (training from scratch)")
+    parser.add_argument("--init", default=None, help="start from these weights: a checkpoint, a CLIP source or Hub id")
+    parser.add_argument("--tokenizer", default=None, help="CLIP vocab.json + merges.txt folder for an --init .pt file")
     parser.add_argument("--data", default="synth", help="synth, a CSV/TSV, WebDataset shards or a VinVL join CSV")
     parser.add_argument(
         "--vinvl",
@@ -152,6 +154,8 @@ def train_config(args: argparse.Namespace):
         loss.roi_tag_align = args.roi_tag_align
     return TrainConfig(
         model=args.model,
+        init=args.init,
+        init_tokenizer=args.tokenizer,
         data=args.data,
         vinvl=args.vinvl,
         out=args.out,
@@ -216,9 +220,26 @@ def _eval(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+@command("convert", "convert a pretrained CLIP (transformers, open_clip, OpenAI .pt, Hub id) to a softclip checkpoint")
+def _convert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="transformers or open_clip folder, OpenAI .pt file, or Hub id")
+    parser.add_argument("--out", required=True, help="checkpoint folder to write")
+    parser.add_argument("--tokenizer", default=None, help="folder with CLIP's vocab.json and merges.txt (for a .pt)")
+
+    def run(args: argparse.Namespace) -> int:
+        from softclip.pretrained import from_pretrained
+
+        model = from_pretrained(args.source, tokenizer=args.tokenizer)
+        out = model.save_pretrained(args.out)
+        print(f"converted {args.source} ({model.config.vision.kind} image tower, {model.config.embed_dim}-d) to {out}")
+        return 0
+
+    parser.set_defaults(run=run)
+
+
 @command("export", "export a checkpoint's towers to ONNX (parity measured and recorded)")
 def _export(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint folder or Hub id")
+    parser.add_argument("checkpoint", help="checkpoint folder, CLIP folder or Hub id")
     parser.add_argument("--out", required=True, help="export folder to write")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="fp16 weights (for GPUs)")
@@ -239,7 +260,13 @@ def _export(parser: argparse.ArgumentParser) -> None:
 def _index(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="folder of images, or 'merge' to merge the shards of --index")
     parser.add_argument("--index", required=True, help="index folder")
-    parser.add_argument("--model", default=None, help="ONNX export folder (default: the one the index was built with)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="ONNX export folder, or a model to export on first use and cache: a checkpoint, a CLIP folder or file, "
+        "or a Hub id such as openai/clip-vit-base-patch32 (default: the export the index was built with)",
+    )
+    parser.add_argument("--int8", action="store_true", help="with a --model to export: int8 (faster on CPUs)")
     parser.add_argument("--factory", default=None, help="FAISS factory string, e.g. HNSW32 or IVF1024,PQ64")
     parser.add_argument("--shard", default=None, help="embed only shard i of n, as 'i/n'")
     parser.add_argument("--max-megapixels", type=float, default=100.0)
@@ -254,9 +281,13 @@ def _index(parser: argparse.ArgumentParser) -> None:
             print(report)
             return 0
         shard = parse_shard(args.shard)
-        encoder = open_encoder_or_none(args.model)
-        if encoder is None:
+        if args.model is None:
             encoder = index.ImageIndex.open(args.index).encoder
+        else:
+            from softclip.export import OnnxEncoder
+            from softclip.export.cache import cached_export
+
+            encoder = OnnxEncoder(cached_export(args.model, int8=args.int8))
         report = index.build_index(
             args.folder,
             encoder,
@@ -271,14 +302,6 @@ def _index(parser: argparse.ArgumentParser) -> None:
         return 0
 
     parser.set_defaults(run=run)
-
-
-def open_encoder_or_none(model: str | None):
-    if model is None:
-        return None
-    from softclip.encoder import open_encoder
-
-    return open_encoder(model)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

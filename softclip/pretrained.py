@@ -53,7 +53,7 @@ def from_pretrained(
     """
     from softclip.clip_sources import detect_format, load_clip
 
-    path = _resolve(name_or_path, cache_dir)
+    path = resolve(name_or_path, cache_dir)
     if detect_format(path) != "softclip":
         return load_clip(path, tokenizer).to(device)
     return _load_checkpoint(path, device)
@@ -88,7 +88,7 @@ def _build(config_path: Path) -> torch.nn.Module:
     return SoftCLIP(config)
 
 
-def _resolve(name_or_path: str | Path, cache_dir: str | Path | None = None) -> Path:
+def resolve(name_or_path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """A local folder or file as is; anything else is a Hub repo id, fetched (or found in the cache when offline)."""
     path = Path(name_or_path)
     if path.exists():

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from softclip.loss import LossConfig, SoftCLIPLoss
 from softclip.model import create_model
-from softclip.pretrained import save_pretrained
+from softclip.pretrained import from_pretrained, save_pretrained
 from softclip.tokenizer import Tokenizer
 from softclip.training.data import SkipLog
 from softclip.training.datasets import open_dataset, sample_texts
@@ -39,7 +39,9 @@ from softclip.transform import PreprocessConfig, RandomResizedCrop, image_to_ten
 class TrainConfig:
     """Everything a run needs; saved as `train_config.json` beside the checkpoints."""
 
-    model: str = "tiny-vit"
+    model: str = "tiny-vit"  # preset or config JSON of a model trained from scratch
+    init: str | None = None  # or: start from these weights (softclip checkpoint, CLIP folder or file, Hub id)
+    init_tokenizer: str | None = None  # CLIP vocab.json + merges.txt folder, for an --init without one beside it
     data: str = "synth"  # "synth", a CSV/TSV file or WebDataset shards "a-{000..009}.tar"
     vinvl: str | None = None  # VinVL features (either layout, see vinvl.py) joined to `data` by image key
     out: str = "runs/softclip"
@@ -275,10 +277,8 @@ class Trainer:
         if self.is_main and getattr(self.dataset, "description", ""):
             print(self.dataset.description, flush=True)  # which VinVL layout was found, and how the join went
         self.skipped = SkipLog()
-        self.model = create_model(config.model)
-        self.model.preprocess_config = PreprocessConfig(size=self.model.config.vision.image_size)
-        self.model.tokenizer = self._tokenizer()
-        self.model.to(self.dist.device)
+        self._guide_without_regions()
+        self.model = self._initial_model().to(self.dist.device)
         self.loss_fn = SoftCLIPLoss(config.loss)
         self.autocast_dtype = resolve_precision(config.precision, self.dist.device)
         self.optimizer = torch.optim.AdamW(
@@ -294,14 +294,42 @@ class Trainer:
         if resume:
             self._resume(resume)
 
-    def _tokenizer(self) -> Tokenizer:
+    def _guide_without_regions(self) -> None:
+        """Captions without detector regions (no --vinvl): soft targets from image-image and text-text similarity."""
+        has_regions = self.config.data == "synth" or self.config.vinvl is not None
+        if has_regions or not self.config.loss.needs_roi_tag():
+            return
+        self.config.loss = replace(self.config.loss, guidance="image_text", roi_tag_align=0.0)
+        if self.is_main:
+            print(
+                "no detector regions in this data: soft targets come from image-image and text-text similarity "
+                "(guidance image_text, no ROI-tag alignment)",
+                flush=True,
+            )
+
+    def _initial_model(self) -> torch.nn.Module:
+        """The pretrained model of ``init`` (its tokenizer and preprocessing too), or a fresh ``model``."""
+        if self.config.init:
+            model = from_pretrained(self.config.init, tokenizer=self.config.init_tokenizer).train()
+            self._write_run_config()
+            return model
+        model = create_model(self.config.model)
+        model.preprocess_config = PreprocessConfig(size=model.config.vision.image_size)
+        model.tokenizer = self._tokenizer(self.config.vocab_size or model.config.text.vocab_size)
+        return model
+
+    def _write_run_config(self) -> None:
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    def _tokenizer(self, vocab_size: int) -> Tokenizer:
         """Trained on this data on rank 0 and shared through the output folder with the other ranks."""
         path = self.out / "tokenizer.json"
         if self.is_main and not path.exists():
             self.out.mkdir(parents=True, exist_ok=True)
-            vocab = self.config.vocab_size or self.model.config.text.vocab_size
-            train_tokenizer(self.dataset, vocab, self.config.tokenizer_sample).save(path)
-            (self.out / "train_config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            train_tokenizer(self.dataset, vocab_size, self.config.tokenizer_sample).save(path)
+            self._write_run_config()
         if self.dist.world > 1:
             dist.barrier()
         return Tokenizer.load(path)
