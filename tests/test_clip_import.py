@@ -309,3 +309,54 @@ def test_not_clip_is_refused_by_name(tmp_path: Path) -> None:
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ConversionError, match="not a CLIP state dict: no tensor 'ln_final.weight'"):
         from_pretrained(tmp_path / "other.pt")
+
+
+# ---- the whole chain on an imported model ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vision", [VIT, RESNET], ids=["vit", "resnet"])
+def test_imported_model_through_convert_export_index_search_label_explain(
+    vocab: Path, tmp_path: Path, monkeypatch, capsys, vision: dict
+) -> None:
+    from softclip import label
+    from softclip.cli import main
+    from softclip.export.cache import cached_export_dir
+
+    _, source = open_clip_folder(vocab, tmp_path / "open_clip", vision, quick_gelu=True)
+    monkeypatch.setenv("SOFTCLIP_CACHE", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index, picture in enumerate(images(seed=3)):
+        picture.save(photos / f"photo{index}.png")
+
+    assert main(["convert", str(source), "--out", str(tmp_path / "ckpt")]) == 0
+    assert main(["index", str(photos), "--model", str(source), "--index", str(tmp_path / "idx")]) == 0
+    export = cached_export_dir(source)
+    assert "exporting" in capsys.readouterr().out and (export / "export.json").is_file()
+    assert json.loads((export / "export.json").read_text())["parity"]["max_abs_diff"] < 1e-4
+    assert main(["index", str(photos), "--model", str(source), "--index", str(tmp_path / "idx")]) == 0
+    assert "exporting" not in capsys.readouterr().out  # the cached export is reused
+
+    model = from_pretrained(tmp_path / "ckpt")
+    assert main(["search", str(tmp_path / "idx"), "a red square", "-k", "5", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    with torch.no_grad():
+        pictures = torch.stack([image_to_tensor(photos / f"photo{i}.png", model.preprocess_config) for i in range(5)])
+        scores = model.encode_image(pictures) @ model.encode_text(model.tokenizer(["a red square"], 77))[0]
+    expected = [f"photo{i}.png" for i in scores.argsort(descending=True).tolist()]
+    assert [Path(hit["path"]).name for hit in hits] == expected
+    np.testing.assert_allclose([hit["score"] for hit in hits], scores.sort(descending=True).values, atol=1e-4)
+
+    labels = "cat,dog,car"
+    assert main(["label", str(photos / "photo0.png"), "--model", str(export), "--labels", labels, "--json"]) == 0
+    onnx_scores = json.loads(capsys.readouterr().out)
+    torch_scores = label([photos / "photo0.png"], labels.split(","), model=model, top_k=3)[0]
+    by_label = {score.label: score.probability for score in torch_scores}
+    assert [entry["label"] for entry in onnx_scores[0]["labels"]] == [score.label for score in torch_scores]
+    for entry in onnx_scores[0]["labels"]:
+        assert abs(entry["probability"] - by_label[entry["label"]]) < 1e-3
+
+    heatmaps = tmp_path / "heat.png"
+    photo, checkpoint = str(photos / "photo0.png"), str(tmp_path / "ckpt")
+    assert main(["explain", photo, "a red square", "--model", checkpoint, "--out", str(heatmaps)]) == 0
+    assert np.asarray(Image.open(heatmaps).convert("L")).std() > 1  # drawn panels, not a blank file
