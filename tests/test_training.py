@@ -165,3 +165,48 @@ def test_trimmed_padding_gives_the_same_text_embeddings() -> None:
     assert trimmed.shape[1] < 32 and (trimmed[:, -1] != 0).any()
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(trimmed), model.encode_text(ids), atol=1e-6, rtol=1e-5)
+
+
+def test_init_fine_tunes_a_pretrained_clip_keeping_its_tokenizer(tmp_path: Path, capsys) -> None:
+    """`--init` starts from a converted CLIP: its weights and tokenizer, with a fresh ROI path."""
+    from tests import clip_references as refs
+
+    vocab = refs.write_clip_vocab(tmp_path / "vocab")
+    reference, _ = refs.open_clip_model({"image_size": 32, "layers": 2, "width": 128, "patch_size": 8}, True)
+    torch.save(reference.state_dict(), tmp_path / "clip.pt")
+    assert main(["convert", str(tmp_path / "clip.pt"), "--tokenizer", str(vocab), "--out", str(tmp_path / "ckpt")]) == 0
+    start = from_pretrained(tmp_path / "ckpt")
+
+    out = tmp_path / "run"
+    args = ["train", "--init", str(tmp_path / "ckpt"), "--lr", "1e-5", "--out", str(out), *TINY]
+    assert main(args) == 0
+    tuned = from_pretrained(out / "final")
+    assert tuned.config == start.config and tuned.tokenizer.settings == start.tokenizer.settings
+    texts = ["a red circle", "two blue squares!"]
+    assert torch.equal(tuned.tokenizer(texts, 77), start.tokenizer(texts, 77))
+    before, after = start.state_dict(), tuned.state_dict()
+    moved = [name for name in before if not torch.equal(before[name], after[name])]
+    assert moved and all((after[name] - before[name]).abs().max() < 0.01 for name in moved if "roi" not in name)
+    assert json.loads((out / "train_config.json").read_text())["init"] == str(tmp_path / "ckpt")
+
+
+def test_captions_without_regions_train_with_image_text_guidance(tmp_path: Path, capsys) -> None:
+    import csv
+
+    from softclip.training.synthetic import SynthConfig, SynthScenes
+
+    data = SynthScenes(SynthConfig(split="train"), length=16)
+    (tmp_path / "images").mkdir()
+    with open(tmp_path / "captions.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["filepath", "caption"])
+        for index in range(16):
+            data[index].image.save(tmp_path / "images" / f"{index}.png")
+            writer.writerow([f"images/{index}.png", data[index].caption])
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "captions.csv"), "--out", str(out), *TINY]
+    assert main(args) == 0
+    assert "no detector regions in this data" in capsys.readouterr().out
+    loss = json.loads((out / "train_config.json").read_text())["loss"]
+    assert loss["guidance"] == "image_text" and loss["roi_tag_align"] == 0.0
+    assert {"soft", "relation"} <= set([r for r in records(out) if "loss" in r][-1])

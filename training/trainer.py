@@ -256,6 +256,11 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def has_regions(dataset: Dataset, probe: int = 16) -> bool:
+    """Whether any of the first ``probe`` samples has a detector region (a data set has them all or none)."""
+    return any(dataset[index].roi_mask.any() for index in range(min(probe, len(dataset))))
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     checkpoints = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     return checkpoints[-1] if checkpoints else None
@@ -295,9 +300,8 @@ class Trainer:
             self._resume(resume)
 
     def _guide_without_regions(self) -> None:
-        """Captions without detector regions (no --vinvl): soft targets from image-image and text-text similarity."""
-        has_regions = self.config.data == "synth" or self.config.vinvl is not None
-        if has_regions or not self.config.loss.needs_roi_tag():
+        """Captions without detector regions: soft targets from image-image and text-text similarity instead."""
+        if not self.config.loss.needs_roi_tag() or has_regions(self.dataset):
             return
         self.config.loss = replace(self.config.loss, guidance="image_text", roi_tag_align=0.0)
         if self.is_main:
