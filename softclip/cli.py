@@ -281,6 +281,8 @@ def _index(parser: argparse.ArgumentParser) -> None:
             print(report)
             return 0
         shard = parse_shard(args.shard)
+        if args.int8 and args.model is None:
+            raise SystemExit("softclip: --int8 chooses how --model is exported; name the model with --model")
         if args.model is None:
             encoder = index.ImageIndex.open(args.index).encoder
         else:

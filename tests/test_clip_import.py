@@ -360,3 +360,17 @@ def test_imported_model_through_convert_export_index_search_label_explain(
     photo, checkpoint = str(photos / "photo0.png"), str(tmp_path / "ckpt")
     assert main(["explain", photo, "a red square", "--model", checkpoint, "--out", str(heatmaps)]) == 0
     assert np.asarray(Image.open(heatmaps).convert("L")).std() > 1  # drawn panels, not a blank file
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50"])
+def test_full_size_architectures_load_without_a_preset(vocab: Path, tmp_path: Path, name: str) -> None:
+    """open_clip's real architectures (random weights): read from the config, features equal."""
+    library = refs.open_clip()
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    torch.manual_seed(0)
+    reference = library.create_model(name).eval()
+    config = library.get_model_config(name)
+    save_for_hf(reference, refs.transformers().CLIPTokenizer.from_pretrained(vocab), config, tmp_path / name)
+    check_against_open_clip(from_pretrained(tmp_path / name), reference, reference.visual.image_size[0])
