@@ -78,7 +78,11 @@ def detect_format(path: Path) -> str:
 def _build(config, state: dict[str, torch.Tensor], tokenizer: Tokenizer, preprocess: PreprocessConfig, source: str):
     from softclip.model import SoftCLIP
 
-    model = SoftCLIP(config)
+    # A fixed seed for the one part CLIP has no weights for (the ROI path): every conversion of a source gives
+    # the same model, so a checkpoint still matches the export made from an earlier conversion.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = SoftCLIP(config)
     load_converted(model, openai_to_softclip(state, resnet=config.vision.kind == "resnet"), source)
     model.tokenizer, model.preprocess_config = tokenizer, preprocess
     return model.eval()

@@ -233,6 +233,8 @@ def test_torchscript_archive_is_read_without_running_code(vocab: Path, tmp_path:
 def test_converted_model_saves_as_a_softclip_checkpoint(vocab: Path, tmp_path: Path) -> None:
     reference, folder = open_clip_folder(vocab, tmp_path / "open_clip", VIT, True)
     converted = from_pretrained(folder)
+    again = from_pretrained(folder).state_dict()
+    assert all(torch.equal(tensor, again[name]) for name, tensor in converted.state_dict().items())  # ROI path too
     converted.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "tokenizer_settings.json").is_file()
     check_against_open_clip(from_pretrained(tmp_path / "saved"), reference, VIT["image_size"])
