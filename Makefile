@@ -10,12 +10,13 @@ EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The pinned torch is a CPU wheel on CPU machines; the project itself accepts any recent torch.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRA),train,app,dev]"
+	# constraints.txt holds torch at that version while the reference libraries bring torchvision.
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRA),train,app,dev,reference]"
 	touch $(STAMP)
 
 test: install
