@@ -152,23 +152,37 @@ def alternate_runs(
 
 @dataclass
 class Decoding:
-    """Serial decoding at the reduced size ``build_index`` uses and at full size, and how the embeddings differ."""
+    """Serial decoding at the reduced size ``build_index`` uses and at full size, and how the results differ."""
 
     reduced_seconds: float
     full_seconds: float
+    pixel_levels: float  # mean absolute difference of the model inputs, in 0-255 levels
     cosines: np.ndarray  # [N] between the embeddings of the two decodings of each file
+    other_files_cosine: float  # mean cosine between embeddings of different files: what "far" is for this model
+
+
+def embed_all(encoder: OnnxEncoder, pixels: np.ndarray, batch: int) -> np.ndarray:
+    """[N, D] embeddings of ``pixels`` [N, 3, H, W], ``batch`` at a time."""
+    return np.concatenate(
+        [encoder.encode_images(pixels[start : start + batch]) for start in range(0, len(pixels), batch)]
+    )
 
 
 def compare_decodings(folder: Path, encoder: OnnxEncoder, batch: int) -> tuple[np.ndarray, Decoding]:
     """The reduced-size pixels [N, 3, H, W] and the ``Decoding`` comparison."""
     reduced, reduced_seconds = decode_serially(folder, encoder, draft_side(encoder))
     full, full_seconds = decode_serially(folder, encoder, None)
-    embeddings = [
-        np.concatenate([encoder.encode_images(p[i : i + batch]) for i in range(0, len(p), batch)])
-        for p in (reduced, full)
-    ]
-    cosines = (embeddings[0] * embeddings[1]).sum(axis=1)
-    return reduced, Decoding(reduced_seconds, full_seconds, cosines)
+    levels = 255 * np.asarray(encoder.preprocess_config.std, dtype=np.float32)[:, None, None]  # undo normalising
+    reduced_embeds, full_embeds = embed_all(encoder, reduced, batch), embed_all(encoder, full, batch)
+    similarity = full_embeds @ full_embeds.T  # [N, N]
+    others = similarity[~np.eye(len(full), dtype=bool)]
+    return reduced, Decoding(
+        reduced_seconds,
+        full_seconds,
+        pixel_levels=float((np.abs(reduced - full) * levels).mean()),
+        cosines=(reduced_embeds * full_embeds).sum(axis=1),
+        other_files_cosine=float(others.mean()) if others.size else float("nan"),
+    )
 
 
 def table(count: int, decoding: Decoding, timings: Timings, args: argparse.Namespace) -> str:
@@ -191,8 +205,9 @@ def table(count: int, decoding: Decoding, timings: Timings, args: argparse.Names
     lines.append(f"\nOutside the model: {overhead:.2f} ms/image, {(total - model) / total:.0%} of the end-to-end time.")
     lines.append(f"End to end at {model / total:.0%} of the model's own throughput.")
     lines.append(
-        f"Embedding cosine, reduced-size vs full-size decoding: mean {decoding.cosines.mean():.5f}, "
-        f"min {decoding.cosines.min():.5f} over {count} images."
+        f"Reduced-size vs full-size decoding: model input differs by {decoding.pixel_levels:.2f} of 255 levels on "
+        f"average; embedding cosine mean {decoding.cosines.mean():.5f}, min {decoding.cosines.min():.5f} over "
+        f"{count} images (between different files: mean {decoding.other_files_cosine:.5f})."
     )
     return "\n".join(lines)
 
@@ -205,6 +220,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--photo-size", type=int, nargs=2, default=(4000, 3000), metavar=("W", "H"))
     parser.add_argument("--scenes", type=int, default=8, help="distinct camera-like scenes among the --n photos")
     parser.add_argument("--model", default="tiny-vit", help="preset to export (freshly initialised)")
+    parser.add_argument("--checkpoint", help="a checkpoint folder or Hub id to export instead of a fresh --model")
     parser.add_argument("--int8", action="store_true", help="export with int8 weights")
     parser.add_argument("--batch", type=int, default=32, help="encoder batch, also build_index's batch_size")
     parser.add_argument("--workers", type=int, default=default_workers(), help="build_index decode threads")
@@ -234,15 +250,22 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(scratch)
         folder = work / "images"
         images = write_images(folder, args)
-        export_dir = export_model(create_model(args.model), work / "export", int8=args.int8)
+        source = args.checkpoint or create_model(args.model)
+        export_dir = export_model(source, work / "export", int8=args.int8)
         encoder = OnnxEncoder(export_dir, threads=args.threads, batch_size=args.batch)
         pixels, decoding = compare_decodings(folder, encoder, args.batch)  # also warms ONNX Runtime up
         timings = alternate_runs(folder, encoder, pixels, work, args)
+    model = args.checkpoint or f"{args.model} (untrained)"
     print(
-        f"{images}; {args.model} {encoder.info['precision']} export (input {encoder.image_size} px) on ONNX Runtime, "
+        f"{images}; {model} {encoder.info['precision']} export (input {encoder.image_size} px) on ONNX Runtime, "
         f"{args.threads} threads; median of {args.repeats} rounds\n"
     )
     print(table(args.n, decoding, timings, args))
+    parity = encoder.info["parity"]
+    print(
+        f"The export's embeddings vs the torch model's (export.json): mean cosine {parity['mean_cosine']:.5f}, "
+        f"min {parity['min_cosine']:.5f}."
+    )
 
 
 if __name__ == "__main__":
