@@ -305,3 +305,17 @@ def test_draft_side_is_twice_the_model_input_and_decode_files_passes_it_on(tmp_p
     sizes = []
     [result] = decode_files(files, lambda image: sizes.append(image.size) or encoder.preprocess(image), min_side=128)
     assert result.error is None and sizes == [(200, 150)]
+
+
+def test_build_index_embeds_jpegs_decoded_at_reduced_size(tmp_path: Path, photo: Image.Image) -> None:
+    encoder = TorchEncoder(create_model("tiny-vit"), device="cpu")
+    data = jpeg_bytes(photo, orientation=6)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "photo.jpg").write_bytes(data)
+    build_index(tmp_path / "photos", encoder, tmp_path / "idx", workers=1, progress=False)
+    with Manifest(tmp_path / "idx" / MANIFEST_FILE) as manifest:
+        [(_, [stored])] = list(manifest.iter_vectors())
+    reduced, full = (encoder.preprocess(decode_bytes(data, "photo.jpg", min_side=side)) for side in (128, None))
+    reduced_embed, full_embed = encoder.encode_images(np.stack([reduced, full]))
+    np.testing.assert_allclose(stored, reduced_embed, atol=1e-6)
+    assert np.abs(stored - full_embed).max() > 1e-5  # a full decode gives (slightly) different pixels
