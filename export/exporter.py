@@ -43,7 +43,10 @@ from softclip.export.folder import (
 from softclip.export.onnx_encoder import CPU_PROVIDER, OnnxEncoder, default_providers, disable_telemetry
 from softclip.export.parity import ParityReport, check_parity, verify_parity
 
-DEFAULT_OPSET = 18
+# Opset 20 has a Gelu operator and opset 23 an Attention operator, which torch's exporter emits for
+# F.gelu and F.scaled_dot_product_attention; earlier opsets decompose both into 5-7 elementwise and matrix
+# ops each, which made ONNX Runtime's fp32 ViT-B/32 slower than torch eager (docs/results.md).
+DEFAULT_OPSET = 23
 # Dynamic int8 quantisation covers the matrix products only (ConvInteger is slow on CPUs), with one scale
 # per output channel, which kept top-1 rankings closest to fp32 on the tiny presets.
 INT8_OP_TYPES = ("MatMul", "Gemm")

@@ -1,13 +1,19 @@
 """Parity of an exported encoder with the torch model it came from, measured on real preprocessed images.
 
 ``verify_parity`` compares any two encoders (see ``softclip.encoder.Encoder``) on the same images and
-captions: the largest absolute difference of their embeddings, the smallest cosine between matching
-embeddings, and how often the nearest neighbours agree (the top-1 caption of each image and the top-1
-image of each caption). ``check_parity`` refuses an export whose numbers are poor for its precision:
+captions: the largest absolute difference of their embeddings, the mean and smallest cosine between
+matching embeddings, and how often the nearest neighbours agree (the top-1 caption of each image and the
+top-1 image of each caption). ``check_parity`` refuses an export whose numbers are poor for its precision:
 
-- fp32: max abs difference at most 1e-4 (the same arithmetic, reordered; anything more is a bug),
-- fp16 and int8: at most 0.05 (embeddings are unit vectors, so 0.05 per coordinate is a large error),
-- every precision: top-1 ranking agreement at least 0.9.
+- fp32: max abs difference at most 1e-4 (the same arithmetic, reordered; anything more is a bug) and
+  top-1 ranking agreement at least 0.9,
+- fp16: max abs difference at most 0.05 (embeddings are unit vectors, so 0.05 per coordinate is a large
+  error) and ranking agreement at least 0.9,
+- int8: mean cosine to the fp32 embeddings at least 0.99 and the smallest at least 0.98. Quantising the
+  weights perturbs every embedding a little, so int8 is judged by how far each embedding moves, not by
+  ranking agreement: on the parity samples the top-1 margins of a model can be smaller than any such
+  perturbation (an untrained model's scores are all near ties), which says nothing about the export.
+  The agreement is still measured and recorded.
 """
 
 from __future__ import annotations
@@ -22,8 +28,22 @@ from PIL import Image, ImageDraw
 from softclip.encoder import Encoder, load_pixels
 from softclip.export.folder import ExportError
 
-MAX_ABS_DIFF = {"fp32": 1e-4, "fp16": 0.05, "int8": 0.05}
-MIN_RANKING_AGREEMENT = 0.9
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The bounds an export of one precision must meet; None: not checked for that precision."""
+
+    max_abs_diff: float | None = None
+    min_ranking_agreement: float | None = None
+    min_mean_cosine: float | None = None
+    min_cosine: float | None = None
+
+
+TOLERANCES = {
+    "fp32": Tolerance(max_abs_diff=1e-4, min_ranking_agreement=0.9),
+    "fp16": Tolerance(max_abs_diff=0.05, min_ranking_agreement=0.9),
+    "int8": Tolerance(min_mean_cosine=0.99, min_cosine=0.98),
+}
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -55,7 +75,10 @@ class ParityReport:
     max_abs_diff: float  # over image and text embeddings
     image_max_abs_diff: float
     text_max_abs_diff: float
-    min_cosine: float  # between the two embeddings of one image or one caption
+    min_cosine: float  # between the two embeddings of one image or one caption, over both
+    mean_cosine: float  # over images and captions
+    image_mean_cosine: float
+    text_mean_cosine: float
     ranking_agreement: float  # fraction of the images' and captions' top-1 neighbours that agree
     images: int
     texts: int
@@ -65,12 +88,24 @@ class ParityReport:
 
     def problems(self) -> list[str]:
         """What makes this parity poor for its precision; empty when it is good enough."""
-        found = []
-        tolerance = MAX_ABS_DIFF[self.precision]
-        if not self.max_abs_diff <= tolerance:  # written so that NaN is a problem too
-            found.append(f"max abs difference to torch {self.max_abs_diff:.3g} > {tolerance:g}")
-        if not self.ranking_agreement >= MIN_RANKING_AGREEMENT:
-            found.append(f"top-1 ranking agreement {self.ranking_agreement:.3f} < {MIN_RANKING_AGREEMENT}")
+        tolerance = TOLERANCES[self.precision]
+        upper = [("max abs difference", self.max_abs_diff, tolerance.max_abs_diff)]
+        lower = [
+            ("top-1 ranking agreement", self.ranking_agreement, tolerance.min_ranking_agreement),
+            ("mean cosine", self.mean_cosine, tolerance.min_mean_cosine),
+            ("min cosine", self.min_cosine, tolerance.min_cosine),
+        ]
+        # Both comparisons are written so that NaN fails them.
+        found = [
+            f"{name} {value:.5g} > {bound:g}"
+            for name, value, bound in upper
+            if bound is not None and not value <= bound
+        ]
+        found += [
+            f"{name} {value:.5g} < {bound:g}"
+            for name, value, bound in lower
+            if bound is not None and not value >= bound
+        ]
         return found
 
 
@@ -135,8 +170,8 @@ def verify_parity(
     Images and texts default to ``parity_samples()``. ``precision`` names the candidate's weights and
     selects the tolerance ``ParityReport.problems`` applies.
     """
-    if precision not in MAX_ABS_DIFF:
-        raise ValueError(f"precision must be one of {tuple(MAX_ABS_DIFF)}, got {precision!r}")
+    if precision not in TOLERANCES:
+        raise ValueError(f"precision must be one of {tuple(TOLERANCES)}, got {precision!r}")
     default_images, default_texts = parity_samples()
     images = default_images if images is None else images
     texts = default_texts if texts is None else texts
@@ -144,13 +179,17 @@ def verify_parity(
         raise ValueError("verify_parity needs at least one image and one text")
     expected, measured = _embed(reference, images, texts), _embed(candidate, images, texts)
     image_diff, text_diff = (float(np.abs(e - m).max()) for e, m in zip(expected, measured))
-    cosines = np.concatenate([(e * m).sum(axis=1) for e, m in zip(expected, measured)])
+    image_cosines, text_cosines = ((e * m).sum(axis=1) for e, m in zip(expected, measured))  # [N], [M]
+    cosines = np.concatenate([image_cosines, text_cosines])
     return ParityReport(
         precision=precision,
         max_abs_diff=max(image_diff, text_diff),
         image_max_abs_diff=image_diff,
         text_max_abs_diff=text_diff,
         min_cosine=float(cosines.min()),
+        mean_cosine=float(cosines.mean()),
+        image_mean_cosine=float(image_cosines.mean()),
+        text_mean_cosine=float(text_cosines.mean()),
         ranking_agreement=top1_agreement(expected, measured),
         images=len(images),
         texts=len(texts),
@@ -163,8 +202,12 @@ def check_parity(report: ParityReport) -> ParityReport:
     if problems:
         measured = (
             f"measured on {report.images} images and {report.texts} texts: max abs difference "
-            f"{report.max_abs_diff:.3g}, min cosine {report.min_cosine:.5f}, "
+            f"{report.max_abs_diff:.3g}, mean cosine {report.mean_cosine:.5f}, min cosine {report.min_cosine:.5f}, "
             f"ranking agreement {report.ranking_agreement:.3f}"
         )
-        raise ParityError(f"{report.precision} export refused: {'; '.join(problems)} ({measured})", report)
+        raise ParityError(
+            f"{report.precision} export refused, its embeddings are too far from the torch model's: "
+            f"{'; '.join(problems)} ({measured})",
+            report,
+        )
     return report

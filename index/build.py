@@ -30,6 +30,7 @@ from softclip.index.decode import (
     batched,
     decode_files,
     default_workers,
+    draft_side,
     hash_file,
     progress_bar,
 )
@@ -262,8 +263,10 @@ class IndexWriter:
             raise RuntimeError("this index writer has no encoder to embed images with")
         was_known = {file.path: record is not None for file, record in to_embed}
         lookahead = max(2 * options.batch_size, 4 * (options.workers or default_workers()))
+        files = (file for file, _ in to_embed)
+        min_side = draft_side(self.encoder)
         decoded = decode_files(
-            (file for file, _ in to_embed), self.encoder.preprocess, options.max_megapixels, options.workers, lookahead
+            files, self.encoder.preprocess, options.max_megapixels, options.workers, lookahead, min_side
         )
         with progress_bar(len(to_embed), options.progress) as bar:
             for batch in batched(decoded, options.batch_size):

@@ -20,7 +20,14 @@ import numpy as np
 
 from softclip.index.atomic import write_atomically
 from softclip.index.build import DEFAULT_BATCH_SIZE, RunOptions
-from softclip.index.decode import DEFAULT_MAX_MEGAPIXELS, DecodedFile, batched, decode_files, progress_bar
+from softclip.index.decode import (
+    DEFAULT_MAX_MEGAPIXELS,
+    DecodedFile,
+    batched,
+    decode_files,
+    draft_side,
+    progress_bar,
+)
 from softclip.index.scan import scan_folder
 from softclip.zeroshot import DEFAULT_TEMPLATES, label_embeddings, label_probabilities, rank_labels
 
@@ -59,7 +66,9 @@ def label_folder(
     label_vectors = label_embeddings(encoder, labels, templates)  # [L, D]
     scan = scan_folder(folder)
     report = LabelReport(out_csv=os.fspath(out_csv), errors=list(scan.errors))
-    decoded = decode_files(scan.files, encoder.preprocess, options.max_megapixels, options.workers)
+    decoded = decode_files(
+        scan.files, encoder.preprocess, options.max_megapixels, options.workers, min_side=draft_side(encoder)
+    )
 
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as stream, progress_bar(len(scan.files), progress) as bar:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -12,12 +13,14 @@ import pytest
 from conftest import ColourHistogramEncoder, solid_image, write_image
 from PIL import Image
 
+from softclip.encoder import TorchEncoder
 from softclip.index import build_index
 from softclip.index import decode as decode_module
-from softclip.index.decode import ImageDecodeError, decode_bytes, decode_files, load_rgb
+from softclip.index.decode import ImageDecodeError, decode_bytes, decode_files, draft_side, load_rgb
 from softclip.index.index_folder import MANIFEST_FILE
 from softclip.index.manifest import Manifest
 from softclip.index.scan import ScannedFile, scan_folder, scan_paths
+from softclip.model import create_model
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -221,3 +224,98 @@ def test_decode_records_a_preprocess_failure(tmp_path: Path) -> None:
 
     [result] = decode_files([ScannedFile(os.fspath(path), 0, 0)], broken_preprocess, workers=1)
     assert result.pixels is None and "preprocessing failed" in result.error and "no pixels today" in result.error
+
+
+# ---- decoding JPEGs at reduced size ------------------------------------------------------------------------------
+
+EXIF_ORIENTATION = 0x0112
+
+
+def camera_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A scene with what reduced-size decoding can lose: a gradient, sharp-edged objects, texture and noise."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[0:height, 0:width] / max(width, height)
+    pixels = np.stack([200 - 120 * rows, 90 + 80 * columns, 60 + 100 * rows * columns], axis=-1)  # [H, W, 3]
+    for _ in range(6):
+        top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        pixels[top : top + height // 3, left : left + width // 4] = rng.integers(0, 256, 3)
+    pixels += (8 * np.sin(columns * 700) * np.cos(rows * 500))[..., None] + rng.normal(0, 6, pixels.shape)
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+def jpeg_bytes(image: Image.Image, orientation: int = 1) -> bytes:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    stream = io.BytesIO()
+    image.save(stream, "JPEG", quality=90, exif=exif)
+    return stream.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    return camera_like(800, 600)
+
+
+def test_a_jpeg_decodes_at_the_smallest_scale_that_keeps_min_side(photo: Image.Image) -> None:
+    data = jpeg_bytes(photo)
+    assert decode_bytes(data, "photo.jpg").size == (800, 600)
+    assert decode_bytes(data, "photo.jpg", min_side=128).size == (200, 150)  # 1/4: 1/8 would give 75 < 128
+    assert decode_bytes(data, "photo.jpg", min_side=150).size == (200, 150)
+    assert decode_bytes(data, "photo.jpg", min_side=151).size == (400, 300)
+    assert decode_bytes(data, "photo.jpg", min_side=5000).size == (800, 600)
+
+
+@pytest.mark.parametrize(("orientation", "turn"), [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_270)])
+def test_reduced_decoding_respects_exif_orientation(
+    photo: Image.Image, orientation: int, turn: Image.Transpose
+) -> None:
+    reduced = decode_bytes(jpeg_bytes(photo, orientation), "photo.jpg", min_side=128)
+    upright = photo.transpose(turn)
+    assert reduced.size == (upright.width // 4, upright.height // 4)
+    expected = np.asarray(upright.resize(reduced.size, Image.Resampling.BOX), dtype=np.float32)
+    assert np.abs(np.asarray(reduced, dtype=np.float32) - expected).mean() < 4  # of 255; wrong turns give ~50
+
+
+def test_reduced_decoding_keeps_the_model_input_of_a_full_decode(photo: Image.Image) -> None:
+    # Pixels, not embeddings: an untrained model embeds even different photos at cosine > 0.99.
+    encoder = TorchEncoder(create_model("tiny-vit"), device="cpu")  # 64 px input: JPEGs decode down to 128 px
+    data = jpeg_bytes(photo, orientation=6)
+    full = encoder.preprocess(decode_bytes(data, "photo.jpg"))
+    levels = 255 * np.asarray(encoder.preprocess_config.std, dtype=np.float32)[:, None, None]  # undo normalising
+    reduced = encoder.preprocess(decode_bytes(data, "photo.jpg", min_side=draft_side(encoder)))
+    assert (np.abs(reduced - full) * levels).mean() < 0.6  # 0.33 measured; 1/8 scale (75 px) gives 0.99
+    other = encoder.preprocess(camera_like(800, 600, seed=1))
+    assert (np.abs(other - full) * levels).mean() > 20  # the measure tells photos apart
+
+
+def test_other_formats_decode_at_full_size_whatever_min_side(tmp_path: Path, photo: Image.Image) -> None:
+    for name in ("photo.png", "photo.webp", "photo.tiff"):
+        photo.save(tmp_path / name)
+        data = (tmp_path / name).read_bytes()
+        full = decode_bytes(data, name)
+        reduced = decode_bytes(data, name, min_side=64)
+        assert reduced.size == (800, 600) and reduced.tobytes() == full.tobytes()
+
+
+def test_draft_side_is_twice_the_model_input_and_decode_files_passes_it_on(tmp_path: Path, photo: Image.Image) -> None:
+    encoder = TorchEncoder(create_model("tiny-vit"), device="cpu")
+    assert draft_side(encoder) == 128 and draft_side(ColourHistogramEncoder()) is None  # no preprocess_config
+    (tmp_path / "photo.jpg").write_bytes(jpeg_bytes(photo))
+    files = scan_paths([tmp_path / "photo.jpg"]).files
+    sizes = []
+    [result] = decode_files(files, lambda image: sizes.append(image.size) or encoder.preprocess(image), min_side=128)
+    assert result.error is None and sizes == [(200, 150)]
+
+
+def test_build_index_embeds_jpegs_decoded_at_reduced_size(tmp_path: Path, photo: Image.Image) -> None:
+    encoder = TorchEncoder(create_model("tiny-vit"), device="cpu")
+    data = jpeg_bytes(photo, orientation=6)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "photo.jpg").write_bytes(data)
+    build_index(tmp_path / "photos", encoder, tmp_path / "idx", workers=1, progress=False)
+    with Manifest(tmp_path / "idx" / MANIFEST_FILE) as manifest:
+        [(_, [stored])] = list(manifest.iter_vectors())
+    reduced, full = (encoder.preprocess(decode_bytes(data, "photo.jpg", min_side=side)) for side in (128, None))
+    reduced_embed, full_embed = encoder.encode_images(np.stack([reduced, full]))
+    np.testing.assert_allclose(stored, reduced_embed, atol=1e-6)
+    assert np.abs(stored - full_embed).max() > 1e-5  # a full decode gives (slightly) different pixels
