@@ -39,12 +39,14 @@ _quiet_environment()
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from softclip.app.uploads import header_size, read_upload  # noqa: E402
 from softclip.encoder import Encoder, state_dict_id  # noqa: E402
 from softclip.explain import STOP_WORDS, WordHeatmap, explain, overlay  # noqa: E402
 from softclip.index import ImageDecodeError, ImageIndex, SearchHit, TextHit  # noqa: E402
-from softclip.index.decode import load_rgb  # noqa: E402
+from softclip.index.decode import decode_bytes, load_rgb  # noqa: E402
 from softclip.index.search import combine, parse_query  # noqa: E402
 from softclip.pretrained import from_pretrained  # noqa: E402
 from softclip.transform import load_image, resize_and_crop  # noqa: E402
@@ -150,33 +152,28 @@ def parse_labels(text: str | None, limits: Limits) -> list[str]:
 
 
 def uploaded_image(payload: dict | None, limits: Limits) -> Image.Image:
-    """The upright RGB image of an upload (Gradio's file payload), refusing non-images and oversized files.
+    """The upright RGB image of an upload (Gradio's file payload), refusing anything but a received upload.
 
-    Events that take uploads run with ``preprocess=False``: Gradio then only checks that the file is one it
-    received, and the decoding (with its size limits and clear reasons) happens here.
+    Events that take uploads run with ``preprocess=False``, so the payload is what the client sent: only a
+    regular file in Gradio's upload folder is read (``read_upload``), within the byte limit, and decoded here
+    with the app's pixel limit and clear reasons.
     """
-    path = payload.get("path") if isinstance(payload, dict) else None
-    if not path:
-        raise UserError("Upload an image first.")
-    size = os.path.getsize(path)
-    if size > limits.max_upload_bytes:
-        raise UserError(f"The file is {size / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB.")
-    check_pixels(path, limits.max_megapixels)
+    upload = read_upload(payload, get_upload_folder(), limits.max_upload_bytes)
+    check_pixels(upload.data, limits.max_megapixels)
     try:
-        return load_rgb(path, limits.max_megapixels)
+        return decode_bytes(upload.data, upload.name, limits.max_megapixels)
     except ImageDecodeError:
         raise
     except Exception as error:  # a Pillow plugin can raise nearly anything on hostile input
         raise UserError(f"That file cannot be read as an image ({type(error).__name__}).") from None
 
 
-def check_pixels(path: str, max_megapixels: float) -> None:
+def check_pixels(data: bytes, max_megapixels: float) -> None:
     """Refuse an image larger than ``max_megapixels`` by its header, before any pixel is decoded."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception:  # not an image, or one Pillow refuses outright: decoding says why
+    size = header_size(data)
+    if size is None:  # not an image: decoding says why
         return
+    width, height = size
     if width * height > max_megapixels * 1e6:
         raise UserError(
             f"The image is {width}x{height} ({width * height / 1e6:.1f} megapixels), "
