@@ -8,6 +8,7 @@ keeps answering meanwhile.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gradio.utils import get_upload_folder
+from PIL import Image
 from test_app import LIMITS, AppData, prepare_app_data, start
 
 from softclip.app.app import AppState
@@ -169,3 +171,18 @@ def test_no_hostile_call_blocks_a_worker_and_searches_answer_meanwhile(
 def _errors_only(answers: Iterator[tuple[str, dict]]) -> list[tuple[str, dict]]:
     """The answers as (event, {"error": message}), dropping the display fields Gradio adds to an error."""
     return [(event, {"error": payload["error"]}) for event, payload in answers]
+
+
+def test_concurrent_identical_searches_each_get_whole_images(base: str) -> None:
+    # Identical results used to be rewritten in Gradio's cache while another request was downloading them.
+    def search_and_download(_: int) -> list[bytes]:
+        event, payload = call(base, "search_text", ["a red circle", 8])
+        assert event == "complete", payload
+        return [httpx.get(item["image"]["url"], timeout=30).raise_for_status().content for item in payload[0]]
+
+    with ThreadPoolExecutor(12) as pool:
+        downloads = [image for images in pool.map(search_and_download, range(12)) for image in images]
+    assert len(downloads) == 12 * 8
+    for content in downloads:
+        with Image.open(io.BytesIO(content)) as image:
+            image.load()  # a truncated file fails here
