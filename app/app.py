@@ -543,8 +543,8 @@ def serve(
 ) -> gr.Blocks:
     """Start ``demo`` locally: no share link, no files served beyond Gradio's own, uploads capped in size.
 
-    With ``block`` the call returns when the server stops (Ctrl-C); otherwise at once, the server running
-    in a thread (``demo.close()`` stops it).
+    With ``block`` the call says where the app runs and returns when the server stops (Ctrl-C); otherwise
+    it returns at once, the server running in a thread (``demo.close()`` stops it).
     """
     limits = limits or Limits()
     demo.launch(
@@ -553,7 +553,7 @@ def serve(
         auth=parse_auth(auth),
         inbrowser=open_browser,
         share=False,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         show_error=False,
         allowed_paths=[],
         max_file_size=limits.max_upload_bytes,
@@ -561,8 +561,11 @@ def serve(
         mcp_server=False,
         enable_monitoring=False,
         pwa=False,
-        quiet=not block,
+        quiet=True,  # Gradio's own banner suggests share=True, which this app never uses
     )
+    if block:
+        print(f"softclip app running at {demo.local_url}  (Ctrl-C to stop)", flush=True)
+        demo.block_thread()
     return demo
 
 
