@@ -80,7 +80,7 @@ class Limits:
     max_megapixels: float = 40.0  # uploads, and indexed images decoded for display
     max_upload_mb: float = 20.0
     concurrency: int = 2  # requests worked on at once (per event)
-    queue_size: int = 32  # requests waiting; more are turned away
+    queue_size: int = 128  # requests waiting (100 searches sent at once all wait their turn); more are turned away
 
     @property
     def max_upload_bytes(self) -> int:
