@@ -426,6 +426,15 @@ def _results_gallery(label_text: str, elem_id: str) -> gr.Gallery:
     return gr.Gallery(label=label_text, columns=6, height="auto", object_fit="contain", elem_id=elem_id)
 
 
+def closed_results() -> tuple[str, None, gr.Gallery]:
+    """Empty pick, heatmaps and results, with the results' enlarged view closed.
+
+    The gallery keeps a picked result enlarged across new values; only a component update that names
+    ``selected_index`` closes it (a ``gr.update`` drops the None).
+    """
+    return "", None, gr.Gallery(value=None, selected_index=None)
+
+
 def text_search_tab(state: AppState) -> None:
     """Query box, results gallery; picking a result shows the query's per-word heatmaps over it."""
     with gr.Row(equal_height=True):
@@ -442,10 +451,9 @@ def text_search_tab(state: AppState) -> None:
     picked = gr.Markdown(elem_id="picked")
     heatmaps = _results_gallery("Where each word of the query points", "heatmaps")
     last_search = gr.State({})
-    # The last pick and its heatmaps go first, so that none can arrive after the new results; emptying the
-    # results also closes the enlarged view of the picked one (the gallery keeps it open across new values).
+    # The last pick and its heatmaps go first, so that none can arrive after the new results.
     cleared = [picked, heatmaps, results]
-    clear = gr.on([search.click, query.submit], lambda: ("", None, None), None, cleared, api_visibility="private")
+    clear = gr.on([search.click, query.submit], closed_results, None, cleared, api_visibility="private")
     clear.then(state.search_text, [query, k], [results, last_search], api_name="search_text", preprocess=False)
     results.select(
         state.explain_hit,
