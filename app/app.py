@@ -379,7 +379,8 @@ def search_one_query_per_thread() -> None:
 
     The app searches one query per request and serves requests in parallel. FAISS's OpenMP team per search
     buys nothing on one query, and on a busy machine (or right after ONNX Runtime's threads ran) waiting for
-    the team costs whole scheduler time slices: 47 ms against 0.2 ms per search, measured on 2 shared cores.
+    the team costs whole scheduler time slices: query embedding and search took 22-24 ms with it against
+    2-10 ms without, on 2 shared cores (``benchmarks/app_load.py``, docs/results.md).
     """
     import faiss
 

@@ -198,7 +198,9 @@ def under_load(base: str, requests: int, k: int) -> dict[str, float]:
         wall = time.perf_counter() - started
     answers = [future.result() for future in futures if future.exception() is None]
     latencies = sorted(total for _, total in answers)
+    errors = [future.exception() for future in futures if future.exception() is not None]
     return {
+        "errors": sorted({f"{type(error).__name__}: {str(error)[:160]}" for error in errors}),
         "p50": _percentile(latencies, 50),
         "p95": _percentile(latencies, 95),
         "answer_p50": _percentile([answered for answered, _ in answers], 50),
@@ -266,14 +268,18 @@ def report_load(index: Path, model: Path, args: argparse.Namespace) -> None:
     print(f"{args.requests} searches at once (latency = until every result image is downloaded):\n")
     print("| concurrency limit | p50 s | p95 s | answer p50 s | failed | wall s | searches/s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    errors = []
     for name, limits, faiss_threads in rows:
         with app_process(index, model, limits, faiss_threads) as base:
             row = under_load(base, args.requests, args.k)
+        errors += [f"{name}: {error}" for error in row["errors"]]
         print(
             f"| {name} | {row['p50']:.2f} | {row['p95']:.2f} | {row['answer_p50']:.2f} | {row['failed']} "
             f"| {row['wall']:.1f} | {row['rate']:.1f} |",
             flush=True,
         )
+    if errors:
+        print("\nfailures:\n" + "\n".join(errors))
 
 
 if __name__ == "__main__":
