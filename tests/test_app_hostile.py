@@ -159,13 +159,19 @@ def test_no_hostile_call_blocks_a_worker_and_searches_answer_meanwhile(
         answers = pool.map(lambda item: call(base, item[0], image_args(item[0], {"path": item[1]})), hostile)
         reference = upload(base, "scene.png", (data.photos / "scene-04.png").read_bytes())
         for api, args in (("search_text", ["a red circle", 3]), ("search_image", [reference, 3])):
-            started = time.perf_counter()
-            event, payload = call(base, api, args)
-            assert event == "complete", payload
-            assert time.perf_counter() - started < FAST_SECONDS, api
+            # The fastest of three: one search can lose a scheduler slice on a busy machine; blocked workers
+            # would delay all three.
+            assert min(_answer_seconds(base, api, args) for _ in range(3)) < FAST_SECONDS, api
         started = time.perf_counter()
         assert all(answer == ("error", {"error": NOT_AN_UPLOAD}) for answer in _errors_only(answers))
     assert time.perf_counter() - started < 10  # every hostile call came back, none hung
+
+
+def _answer_seconds(base: str, api: str, args: list) -> float:
+    started = time.perf_counter()
+    event, payload = call(base, api, args)
+    assert event == "complete", payload
+    return time.perf_counter() - started
 
 
 def _errors_only(answers: Iterator[tuple[str, dict]]) -> list[tuple[str, dict]]:
