@@ -4,8 +4,10 @@ regions of an image each word of a caption points at.
 Search, image-to-text lookup and labels run on the ONNX export the index was built with; heatmaps run
 Grad-CAM on the torch checkpoint. Both load once, when the app is built (``build_app``). The app listens
 on 127.0.0.1 unless told otherwise, never opens a share link and sends no analytics. It serves no file from
-disk: results are thumbnails it renders from the paths the index stores, so ``allowed_paths`` stays empty
-and only Gradio's own upload and cache folders are reachable over HTTP.
+disk: results are thumbnails it renders from the paths the index stores into Gradio's cache folder, so
+``allowed_paths`` stays empty and only Gradio's own upload and cache folders are reachable over HTTP. An
+image reaches the models only as an upload Gradio received (``softclip.app.uploads``) or as an item of the
+index, and the browser sees indexed paths only relative to the indexed folder.
 
 Start it with ``launch(index_dir, checkpoint)``, or in reload mode with
 ``SOFTCLIP_INDEX=photos.idx SOFTCLIP_MODEL=my-checkpoint gradio app/app.py``.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
@@ -39,15 +42,20 @@ _quiet_environment()
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from softclip.app.thumbnails import ThumbnailFiles  # noqa: E402
+from softclip.app.uploads import header_size, read_upload  # noqa: E402
 from softclip.encoder import Encoder, state_dict_id  # noqa: E402
 from softclip.explain import STOP_WORDS, WordHeatmap, explain, overlay  # noqa: E402
 from softclip.index import ImageDecodeError, ImageIndex, SearchHit, TextHit  # noqa: E402
-from softclip.index.decode import load_rgb  # noqa: E402
+from softclip.index.decode import decode_bytes, load_rgb  # noqa: E402
+from softclip.index.index_folder import IndexFolder  # noqa: E402
 from softclip.index.search import combine, parse_query  # noqa: E402
 from softclip.pretrained import from_pretrained  # noqa: E402
-from softclip.transform import load_image, resize_and_crop  # noqa: E402
+from softclip.tokenizer import WordSpan  # noqa: E402
+from softclip.transform import resize_and_crop  # noqa: E402
 from softclip.zeroshot import label as zero_shot_label  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -58,7 +66,7 @@ THUMBNAIL_SIDE = 384  # pixels: results are shown (and sent) at most this large
 HEATMAP_SIDE = 256  # pixels: heatmap overlays are drawn on the model's crop at this size
 HEATMAP_CONCURRENCY = "torch-heatmaps"  # Grad-CAM runs one request at a time on the shared torch model
 
-GalleryItems = list[tuple[Image.Image, str]]  # (picture, caption), as gr.Gallery takes them
+GalleryItems = list[tuple[Image.Image | str, str]]  # (picture or its file, caption), as gr.Gallery takes them
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ class Limits:
     max_megapixels: float = 40.0  # uploads, and indexed images decoded for display
     max_upload_mb: float = 20.0
     concurrency: int = 2  # requests worked on at once (per event)
-    queue_size: int = 32  # requests waiting; more are turned away
+    queue_size: int = 128  # requests waiting (100 searches sent at once all wait their turn); more are turned away
 
     @property
     def max_upload_bytes(self) -> int:
@@ -115,7 +123,9 @@ def shown_to_user(handler: Callable) -> Callable:
 
 
 def check_text(text: str | None, limits: Limits, what: str = "query") -> str:
-    """The stripped text, or a message when it is empty or longer than ``limits.max_query_chars``."""
+    """The stripped text, or a message when it is not text, empty or longer than ``limits.max_query_chars``."""
+    if text is not None and not isinstance(text, str):  # the events take raw API values (preprocess=False)
+        raise UserError(f"The {what} must be text, got {type(text).__name__}.")
     text = (text or "").strip()
     if not text:
         raise UserError(f"The {what} is empty: type a few words describing the image.")
@@ -125,18 +135,24 @@ def check_text(text: str | None, limits: Limits, what: str = "query") -> str:
 
 
 def check_k(k: float | int | str | None, limits: Limits) -> int:
-    """The number of results as an int in [1, ``limits.max_k``]."""
+    """The number of results as an int in [1, ``limits.max_k``]; None means ``DEFAULT_K``."""
+    if k is None:
+        return min(DEFAULT_K, limits.max_k)
     try:
-        count = int(float(k if k is not None else DEFAULT_K))
+        number = float(k) if not isinstance(k, bool) else math.nan
     except (TypeError, ValueError):
-        raise UserError(f"The number of results must be a number, got {k!r}.") from None
-    if not 1 <= count <= limits.max_k:
-        raise UserError(f"The number of results must be between 1 and {limits.max_k}, got {count}.")
-    return count
+        number = math.nan
+    if not math.isfinite(number) or number != int(number):
+        raise UserError(f"The number of results must be a whole number, got {str(k)[:40]!r}.")
+    if not 1 <= number <= limits.max_k:
+        raise UserError(f"The number of results must be between 1 and {limits.max_k}, got {int(number)}.")
+    return int(number)
 
 
 def parse_labels(text: str | None, limits: Limits) -> list[str]:
     """'cat, dog,, cat' -> ['cat', 'dog']: stripped, repeats dropped, within the count and length limits."""
+    if text is not None and not isinstance(text, str):
+        raise UserError(f"The labels must be text, got {type(text).__name__}.")
     labels = list(dict.fromkeys(part.strip() for part in (text or "").split(",") if part.strip()))
     if not labels:
         raise UserError("Enter at least one label, e.g. 'cat, dog, car' (labels are separated by commas).")
@@ -150,33 +166,28 @@ def parse_labels(text: str | None, limits: Limits) -> list[str]:
 
 
 def uploaded_image(payload: dict | None, limits: Limits) -> Image.Image:
-    """The upright RGB image of an upload (Gradio's file payload), refusing non-images and oversized files.
+    """The upright RGB image of an upload (Gradio's file payload), refusing anything but a received upload.
 
-    Events that take uploads run with ``preprocess=False``: Gradio then only checks that the file is one it
-    received, and the decoding (with its size limits and clear reasons) happens here.
+    Events that take uploads run with ``preprocess=False``, so the payload is what the client sent: only a
+    regular file in Gradio's upload folder is read (``read_upload``), within the byte limit, and decoded here
+    with the app's pixel limit and clear reasons.
     """
-    path = payload.get("path") if isinstance(payload, dict) else None
-    if not path:
-        raise UserError("Upload an image first.")
-    size = os.path.getsize(path)
-    if size > limits.max_upload_bytes:
-        raise UserError(f"The file is {size / 1e6:.1f} MB, the limit is {limits.max_upload_mb:g} MB.")
-    check_pixels(path, limits.max_megapixels)
+    upload = read_upload(payload, get_upload_folder(), limits.max_upload_bytes)
+    check_pixels(upload.data, limits.max_megapixels)
     try:
-        return load_rgb(path, limits.max_megapixels)
+        return decode_bytes(upload.data, upload.name, limits.max_megapixels)
     except ImageDecodeError:
         raise
     except Exception as error:  # a Pillow plugin can raise nearly anything on hostile input
         raise UserError(f"That file cannot be read as an image ({type(error).__name__}).") from None
 
 
-def check_pixels(path: str, max_megapixels: float) -> None:
+def check_pixels(data: bytes, max_megapixels: float) -> None:
     """Refuse an image larger than ``max_megapixels`` by its header, before any pixel is decoded."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception:  # not an image, or one Pillow refuses outright: decoding says why
+    size = header_size(data)
+    if size is None:  # not an image: decoding says why
         return
+    width, height = size
     if width * height > max_megapixels * 1e6:
         raise UserError(
             f"The image is {width}x{height} ({width * height / 1e6:.1f} megapixels), "
@@ -185,18 +196,6 @@ def check_pixels(path: str, max_megapixels: float) -> None:
 
 
 # ---- what the app shows ----------------------------------------------------------------------------------------------
-
-
-def thumbnail(path: str, side: int, max_megapixels: float) -> Image.Image:
-    """An upright RGB copy of an image file, at most ``side`` pixels wide and high (JPEGs decode at a reduced scale)."""
-    with Image.open(path) as image:
-        width, height = image.size
-        if width * height > max_megapixels * 1e6:
-            raise ImageDecodeError(path, f"{width}x{height} is over the {max_megapixels:g} megapixel limit")
-        image.draft("RGB", (side, side))  # lets the JPEG decoder skip detail the thumbnail would drop
-        picture = load_image(image)
-        picture.thumbnail((side, side))
-        return picture.copy()
 
 
 def escape_markdown(text: str) -> str:
@@ -209,12 +208,25 @@ def hit_caption(hit: SearchHit) -> str:
     return f"{os.path.basename(hit.path)} · {hit.score:.3f}"
 
 
-def gallery_items(hits: list[SearchHit], limits: Limits) -> tuple[GalleryItems, list[SearchHit]]:
+def indexed_root(index: ImageIndex) -> str | None:
+    """The deepest folder holding every indexed file: result paths are shown relative to it (None: no files)."""
+    with IndexFolder.open_for_reading(index.path) as folder:
+        folders = {os.path.dirname(path) for path in folder.manifest.records()}
+    return os.path.commonpath(sorted(folders)) if folders else None
+
+
+def shown_path(path: str, root: str | None) -> str:
+    """``path`` relative to the indexed folder ``root``: the browser never sees where the server keeps files."""
+    relative = os.path.relpath(path, root) if root else os.path.basename(path)
+    return os.path.basename(path) if relative.startswith(os.pardir) else relative
+
+
+def gallery_items(hits: list[SearchHit], thumbnails: ThumbnailFiles) -> tuple[GalleryItems, list[SearchHit]]:
     """Thumbnails of the hits with their captions, and the hits shown (files unreadable since indexing are left out)."""
     items, shown = [], []
     for hit in hits:
         try:
-            items.append((thumbnail(hit.path, THUMBNAIL_SIDE, limits.max_megapixels), hit_caption(hit)))
+            items.append((thumbnails.path_for(hit.path), hit_caption(hit)))
             shown.append(hit)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             logger.warning("cannot show %s: %s", hit.path, error)
@@ -239,8 +251,21 @@ def word_heatmaps(model: torch.nn.Module, image: Image.Image, caption: str) -> l
     spans = model.tokenizer.word_spans(caption, model.config.text.context_length)
     if not spans:
         raise UserError("The caption has no words to explain.")
+    warn_if_cut(model, caption, spans)
     has_content = any(span.word.lower() not in STOP_WORDS for span in spans)
     return explain(model, image, caption, words=None if has_content else [caption])
+
+
+def warn_if_cut(model: torch.nn.Module, caption: str, read: list[WordSpan]) -> None:
+    """Tell the user which words of the caption the model never read (its text encoder stops at a token count)."""
+    every_word = model.tokenizer.word_spans(caption, 4 * len(caption.encode()) + 2)  # room for every token
+    cut = [span.word for span in every_word[len(read) :]]
+    if cut:
+        gr.Warning(
+            f"The caption is longer than the model reads ({model.config.text.context_length} tokens): the heatmaps "
+            f"cover its first {len(read)} words, up to {read[-1].word!r}; the last {len(cut)} words "
+            f"({' '.join(cut[:3])} ...) are cut."
+        )
 
 
 def heatmap_caption(query: str) -> str:
@@ -259,6 +284,12 @@ class AppState:
     encoder: Encoder
     model: torch.nn.Module
     limits: Limits = dataclasses.field(default_factory=Limits)
+    root: str | None = None  # the indexed folder, that result paths are shown relative to
+    thumbnails: ThumbnailFiles = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        folder = os.path.join(get_upload_folder(), "softclip-thumbnails")  # Gradio serves its own folder only
+        self.thumbnails = ThumbnailFiles(folder, THUMBNAIL_SIDE, self.limits.max_megapixels)
 
     @classmethod
     def load(
@@ -273,11 +304,12 @@ class AppState:
         The checkpoint must hold the weights the export was made from, so that heatmaps explain the model
         that ranked the results.
         """
+        search_one_query_per_thread()
         index = ImageIndex.open(index_dir, open_export(export_dir) if export_dir is not None else None)
         encoder = index_encoder(index)
         model = from_pretrained(checkpoint).to("cuda" if torch.cuda.is_available() else "cpu").eval()
         check_same_weights(model, encoder, checkpoint)
-        return cls(index, encoder, model, limits or Limits())
+        return cls(index, encoder, model, limits or Limits(), indexed_root(index))
 
     def check_not_empty(self) -> None:
         """A message instead of an empty answer when the index holds no images."""
@@ -295,7 +327,7 @@ class AppState:
         """Images closest to a text query: gallery items, and the search (query and hits) kept for heatmaps."""
         query, count = check_text(query, self.limits), check_k(k, self.limits)
         self.check_not_empty()
-        items, shown = gallery_items(self.index.search_vector(self.query_vector(query), count), self.limits)
+        items, shown = gallery_items(self.index.search_vector(self.query_vector(query), count), self.thumbnails)
         return items, {"query": query, "hits": shown}
 
     @shown_to_user
@@ -303,7 +335,7 @@ class AppState:
         """Images closest to an uploaded image, and the closest texts of the index's text list."""
         image, count = uploaded_image(upload, self.limits), check_k(k, self.limits)
         self.check_not_empty()
-        items, _ = gallery_items(self.index.search_image(image, count), self.limits)
+        items, _ = gallery_items(self.index.search_image(image, count), self.thumbnails)
         return items, text_rows(self.closest_texts(image))
 
     def closest_texts(self, image: Image.Image) -> list[TextHit]:
@@ -338,8 +370,21 @@ class AppState:
         hit: SearchHit = hits[selection.index]
         image = load_rgb(hit.path, self.limits.max_megapixels)
         heatmaps = word_heatmaps(self.model, image, heatmap_caption(search["query"]))
-        picked = f"**{escape_markdown(hit.path)}** · similarity {hit.score:.3f}"
+        picked = f"**{escape_markdown(shown_path(hit.path, self.root))}** · similarity {hit.score:.3f}"
         return picked, heatmap_items(self.model, image, heatmaps)
+
+
+def search_one_query_per_thread() -> None:
+    """Run each FAISS search on the thread that asks for it.
+
+    The app searches one query per request and serves requests in parallel. FAISS's OpenMP team per search
+    buys nothing on one query, and on a busy machine (or right after ONNX Runtime's threads ran) waiting for
+    the team costs whole scheduler time slices: query embedding and search took 22-24 ms with it against
+    2-10 ms without, on 2 shared cores (``benchmarks/app_load.py``, docs/results.md).
+    """
+    import faiss
+
+    faiss.omp_set_num_threads(1)
 
 
 def open_export(export_dir: str | os.PathLike) -> Encoder:
@@ -382,6 +427,15 @@ def _results_gallery(label_text: str, elem_id: str) -> gr.Gallery:
     return gr.Gallery(label=label_text, columns=6, height="auto", object_fit="contain", elem_id=elem_id)
 
 
+def closed_results() -> tuple[str, None, gr.Gallery]:
+    """Empty pick, heatmaps and results, with the results' enlarged view closed.
+
+    The gallery keeps a picked result enlarged across new values; only a component update that names
+    ``selected_index`` closes it (a ``gr.update`` drops the None).
+    """
+    return "", None, gr.Gallery(value=None, selected_index=None)
+
+
 def text_search_tab(state: AppState) -> None:
     """Query box, results gallery; picking a result shows the query's per-word heatmaps over it."""
     with gr.Row(equal_height=True):
@@ -398,10 +452,10 @@ def text_search_tab(state: AppState) -> None:
     picked = gr.Markdown(elem_id="picked")
     heatmaps = _results_gallery("Where each word of the query points", "heatmaps")
     last_search = gr.State({})
-    # The last pick's heatmaps go first, so that none can arrive after the new results.
-    gr.on([search.click, query.submit], lambda: ("", None), None, [picked, heatmaps], api_visibility="private").then(
-        state.search_text, [query, k], [results, last_search], api_name="search_text"
-    )
+    # The last pick and its heatmaps go first, so that none can arrive after the new results.
+    cleared = [picked, heatmaps, results]
+    clear = gr.on([search.click, query.submit], closed_results, None, cleared, api_visibility="private")
+    clear.then(state.search_text, [query, k], [results, last_search], api_name="search_text", preprocess=False)
     results.select(
         state.explain_hit,
         [last_search],
@@ -511,8 +565,8 @@ def serve(
 ) -> gr.Blocks:
     """Start ``demo`` locally: no share link, no files served beyond Gradio's own, uploads capped in size.
 
-    With ``block`` the call returns when the server stops (Ctrl-C); otherwise at once, the server running
-    in a thread (``demo.close()`` stops it).
+    With ``block`` the call says where the app runs and returns when the server stops (Ctrl-C); otherwise
+    it returns at once, the server running in a thread (``demo.close()`` stops it).
     """
     limits = limits or Limits()
     demo.launch(
@@ -521,7 +575,7 @@ def serve(
         auth=parse_auth(auth),
         inbrowser=open_browser,
         share=False,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         show_error=False,
         allowed_paths=[],
         max_file_size=limits.max_upload_bytes,
@@ -529,8 +583,11 @@ def serve(
         mcp_server=False,
         enable_monitoring=False,
         pwa=False,
-        quiet=not block,
+        quiet=True,  # Gradio's own banner suggests share=True, which this app never uses
     )
+    if block:
+        print(f"softclip app running at {demo.local_url}  (Ctrl-C to stop)", flush=True)
+        demo.block_thread()
     return demo
 
 

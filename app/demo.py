@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,13 +113,25 @@ def measure(checkpoint: Path, config: DemoConfig) -> dict:
     from softclip.pretrained import from_pretrained
     from softclip.training import synth_eval
 
-    print("measuring the demo model (zero-shot, retrieval, pointing game)")
+    print("measuring the demo model in 3 steps (zero-shot, retrieval, pointing game)", flush=True)
     model = from_pretrained(checkpoint)
     encoder = open_encoder(model)
     n = config.eval_size
     colour_shape = 640 if n >= 500 else 64  # 10 images per colour-shape class; 1 for quick smoke runs
-    metrics = synth_eval.zeroshot(encoder, n_shapes=n, n_colour_shape=colour_shape)
-    metrics |= synth_eval.retrieval_metrics(encoder, n=n) | synth_eval.pointing(model, n=n)
+    steps = [
+        (
+            f"zero-shot labels of {n} shapes and {colour_shape} colour-shape scenes",
+            lambda: synth_eval.zeroshot(encoder, n_shapes=n, n_colour_shape=colour_shape),
+        ),
+        (f"text-image retrieval over {n} scenes", lambda: synth_eval.retrieval_metrics(encoder, n=n)),
+        (f"pointing game of Grad-CAM heatmaps on {n} scenes", lambda: synth_eval.pointing(model, n=n)),
+    ]
+    metrics: dict = {}
+    for number, (what, run) in enumerate(steps, 1):
+        started = time.perf_counter()
+        print(f"  [{number}/{len(steps)}] {what} ...", end=" ", flush=True)
+        metrics |= run()
+        print(f"{time.perf_counter() - started:.0f} s", flush=True)
     path.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -136,13 +149,26 @@ def build(config: DemoConfig) -> dict[str, Path]:
     return {"checkpoint": checkpoint, "export": export_dir, "index": index}
 
 
+def where_things_are(paths: dict[str, Path], folder: Path) -> str:
+    """Where the demo's artefacts are, and the command that serves the app over them."""
+    start = f"softclip app --index {paths['index']} --model {paths['checkpoint']}"
+    return (
+        f"demo files in {folder}:\n"
+        f"  model checkpoint  {paths['checkpoint']}\n"
+        f"  ONNX export       {paths['export']}\n"
+        f"  image index       {paths['index']}\n"
+        f"start the app with:  {start}\n"
+        "(or run the same `softclip demo` command without --no-launch: it reuses these files)"
+    )
+
+
 def run_demo(config: DemoConfig, launch: bool = True, host: str = "127.0.0.1", port: int = 7860) -> dict[str, Path]:
     """Build (or reuse) the demo and, with `launch`, serve the app until interrupted."""
     paths = build(config)
-    if launch:
-        from softclip.app.app import build_app, serve
+    if not launch:
+        print(where_things_are(paths, config.folder), flush=True)
+        return paths
+    from softclip.app.app import build_app, serve
 
-        app = build_app(paths["index"], paths["checkpoint"], paths["export"])
-        print(f"softclip demo running at http://{host}:{port}  (Ctrl-C to stop)", flush=True)
-        serve(app, host=host, port=port)
+    serve(build_app(paths["index"], paths["checkpoint"], paths["export"]), host=host, port=port)
     return paths

@@ -1,9 +1,9 @@
 """Queries: search hits, and weighted queries such as ``"beach + 2:sunset - people"``.
 
 A query is terms joined by ``+`` or ``-`` (with spaces around them, so ``t-shirt`` stays one term); a
-term may start with a weight (``2:sunset``, ``0.5:fog``) and may be the path of an existing image file,
-which is then embedded as an image. The query vector is the weighted, signed sum of the term embeddings,
-L2-normalised again.
+term may start with a weight (``2:sunset``, ``0.5:fog``; more than 0, at most 1000) and may be the path of an
+existing image file, which is then embedded as an image. The query vector is the weighted, signed sum of the
+term embeddings, L2-normalised again.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _OPERATOR = re.compile(r"\s+([+-])(?:\s+|$)")
 _LEADING_SIGN = re.compile(r"^([+-])\s*")
 _WEIGHT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+):(.+)$")
+MAX_WEIGHT = 1000.0  # far beyond any useful emphasis, and far from float32 overflow in the weighted sum
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ def combine(weights: np.ndarray, vectors: np.ndarray, query: str = "") -> np.nda
     """Normalised ``sum_i weights[i] * vectors[i]``: float32 [D] from [T] weights and [T, D] vectors."""
     total = (weights[:, None] * vectors).sum(axis=0)
     norm = float(np.linalg.norm(total))
+    if not np.isfinite(norm):
+        raise ValueError(f"the weights of the query {query!r} are too large to combine (at most {MAX_WEIGHT:g})")
     if norm < 1e-6:
         raise ValueError(f"the terms of the query {query!r} cancel out: nothing is left to search for")
     return (total / norm).astype(np.float32)
@@ -108,7 +111,17 @@ def _parse_term(piece: str, sign: float, query: str) -> QueryTerm:
     weight = 1.0
     match = _WEIGHT.match(term)
     if match is not None:
-        weight, term = float(match.group(1)), match.group(2).strip()
+        term = match.group(2).strip()
+        weight = _checked_weight(match.group(1), term)
     if not term:
         raise ValueError(f"the query {query!r} has an empty term")
     return QueryTerm(sign * weight, term, is_image=os.path.isfile(term))
+
+
+def _checked_weight(written: str, term: str) -> float:
+    """The weight written before ``term``, or a message naming it when it is 0 or over ``MAX_WEIGHT``."""
+    weight = float(written)
+    if not 0 < weight <= MAX_WEIGHT:  # also refuses inf, which float() makes of a long run of digits
+        shown = written if len(written) <= 12 else f"{written[:6]}...({len(written)} digits)"
+        raise ValueError(f"the weight {shown} of the term {term!r} must be more than 0 and at most {MAX_WEIGHT:g}")
+    return weight

@@ -8,10 +8,14 @@ and indexes once per test session; the browser test reuses them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import socket
+import struct
+import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,8 @@ from softclip.app.app import (
     escape_markdown,
     parse_auth,
     serve,
+    shown_path,
+    word_heatmaps,
 )
 from softclip.export import export_model
 from softclip.index import ImageIndex, build_index, index_texts
@@ -231,7 +237,9 @@ def test_picking_a_result_shows_the_query_heatmaps_over_it(state: AppState) -> N
 
     items, search = state.search_text("a red circle", 3)
     picked, heatmaps = state.explain_hit(search, gr.SelectData(None, {"index": 1, "value": None}))
-    assert escape_markdown(search["hits"][1].path) in picked  # shown as written: '_' or '*' stay characters
+    name = Path(search["hits"][1].path).name
+    assert picked.startswith(f"**{escape_markdown(name)}** · similarity")  # relative to the indexed folder
+    assert str(Path(search["hits"][1].path).parent) not in picked.replace("\\", "")
     assert [caption.rsplit(" · ", 1)[0] for _, caption in heatmaps] == ["red", "circle", "red circle"]
     with pytest.raises(gr.Error, match="Pick one of the results"):
         state.explain_hit(search, gr.SelectData(None, {"index": 7, "value": None}))
@@ -251,17 +259,40 @@ def _too_many_pixels(data: AppData) -> Path:
     return path
 
 
+def _png_header_only(data: AppData, width: int, height: int) -> Path:
+    """A PNG file whose header declares ``width`` x ``height`` (no pixel data: the size is refused first)."""
+    path = data.root / f"header-{width}x{height}.png"
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    chunks = [_png_chunk(b"IHDR", header), _png_chunk(b"IDAT", b""), _png_chunk(b"IEND", b"")]
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(chunks))
+    return path
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 BAD_INPUTS = [
     ("/search_text", lambda data: ("", 5), "The query is empty"),
     ("/search_text", lambda data: ("   \n ", 5), "The query is empty"),
     ("/search_text", lambda data: ("x" * 501, 5), "The query is too long: 501 characters, the limit is 500"),
-    ("/search_text", lambda data: ("a red circle", 0), "less than minimum value 1"),
+    ("/search_text", lambda data: ("a red circle", 0), "The number of results must be between 1 and 50, got 0."),
+    ("/search_text", lambda data: ("a red circle", 51), "The number of results must be between 1 and 50, got 51."),
+    ("/search_text", lambda data: ("a red circle", "many"), "must be a whole number, got 'many'."),
+    ("/search_text", lambda data: ("a red circle", 2.5), "must be a whole number, got '2.5'."),
+    ("/search_text", lambda data: ("1" + "0" * 38 + ":red circle", 5), "the weight 100000...(39 digits) of the term"),
+    ("/search_text", lambda data: ("blue + 1" + "0" * 39 + ":red", 5), "the weight 100000...(40 digits) of the term"),
     ("/search_text", lambda data: ("- red", 5), None),  # a negated term alone is a valid query
     ("/search_image", lambda data: (handle_file(_not_an_image(data)), 5), "cannot be read as an image: not an image"),
     (
         "/search_image",
         lambda data: (handle_file(_too_many_pixels(data)), 5),
-        "1500x1000 (1.5 megapixels)",
+        "The image is 1500x1000 (1.5 megapixels), the limit is 1 megapixels.",
+    ),
+    (  # past Pillow's own bomb limit too: the same message, not Pillow's
+        "/search_image",
+        lambda data: (handle_file(_png_header_only(data, 20000, 20000)), 5),
+        "The image is 20000x20000 (400.0 megapixels), the limit is 1 megapixels.",
     ),
     ("/search_image", lambda data: (None, 5), "Upload an image first"),
     ("/search_image", lambda data: (handle_file(data.photos / "scene-00.png"), 51), "between 1 and 50, got 51"),
@@ -389,3 +420,35 @@ def test_importing_the_app_sets_up_a_quiet_environment() -> None:
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert os.environ["ORT_DISABLE_TELEMETRY"] == "1"
     assert {"127.0.0.1", "localhost"} <= set(os.environ["NO_PROXY"].split(","))
+
+
+def test_a_caption_longer_than_the_model_reads_says_what_is_cut(state: AppState, data: AppData) -> None:
+    caption = " ".join(f"red circle {i}" for i in range(30))  # 90 words, far past the model's context
+    image = Image.open(data.photos / "scene-01.png").convert("RGB")
+    tokens = state.model.config.text.context_length
+    message = rf"longer than the model reads \({tokens} tokens\): the heatmaps cover its first (\d+) words"
+    with pytest.warns(UserWarning, match=message) as caught:
+        heatmaps = word_heatmaps(state.model, image, caption)
+    read = int(re.search(message, str(caught[0].message)).group(1))
+    assert 0 < read < 90
+    assert f"the last {90 - read} words" in str(caught[0].message)
+    assert {item.word for item in heatmaps} <= {"red", "circle", "red circle"} | {str(i) for i in range(30)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a caption that fits says nothing
+        word_heatmaps(state.model, image, CAPTION)
+
+
+def test_result_paths_are_shown_relative_to_the_indexed_folder(tmp_path: Path) -> None:
+    root = str(tmp_path / "photos")
+    assert shown_path(f"{root}/trips/beach.jpg", root) == "trips/beach.jpg"
+    assert shown_path("/elsewhere/cat.jpg", root) == "cat.jpg"  # added from outside the folder: the name only
+    assert shown_path(f"{root}/cat.jpg", None) == "cat.jpg"
+
+
+def test_results_are_complete_files_written_once(state: AppState, data: AppData) -> None:
+    first, _ = state.search_text("a red circle", 4)
+    second, _ = state.search_text("a red circle", 4)
+    assert [path for path, _ in first] == [path for path, _ in second]
+    for path, _ in first:
+        assert Path(path).parent == state.thumbnails.folder
+        assert Path(path).stem == hashlib.sha256(Path(path).read_bytes()).hexdigest()  # named by its content

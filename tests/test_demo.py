@@ -23,7 +23,10 @@ def test_demo_builds_then_reuses_everything(tmp_path: Path, capsys) -> None:
     metrics = json.loads((folder / "metrics.json").read_text())
     assert {"colour_shape_top1", "i2t_r1", "pointing", "pointing_random"} <= set(metrics)
     built = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "[1/3] zero-shot" in out and "[3/3] pointing game" in out  # the measuring stage shows its progress
+    assert f"image index       {folder / 'index'}" in out
+    assert f"start the app with:  softclip app --index {folder / 'index'} --model {folder / 'train' / 'final'}" in out
 
     assert main(["demo", "--dir", str(folder), *TINY]) == 0  # nothing is trained, exported or indexed again
     out = capsys.readouterr().out

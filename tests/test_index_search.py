@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,24 @@ def test_format_report_lists_counts_and_errors(tmp_path: Path, encoder: ColourHi
     text = format_report(build_index(tmp_path / "photos", encoder, tmp_path / "idx"))
     assert "1 images indexed" in text and "1 added" in text and "1 errors" in text
     assert text.splitlines()[-1].endswith("b.png: empty file (0 bytes)")
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("1" + "0" * 38 + ":red circle", "100000...(39 digits) of the term 'red circle'"),
+        ("1" + "0" * 39 + ":red circle", "100000...(40 digits) of the term 'red circle'"),
+        ("blue + 1" + "0" * 400 + ":red", "100000...(401 digits) of the term 'red'"),
+        ("2:red + 1000.5:blue", "1000.5 of the term 'blue'"),
+        ("0:red", "0 of the term 'red'"),
+    ],
+)
+def test_a_weight_that_is_zero_or_too_large_is_named(query: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"the weight {named} must be more than 0 and at most 1000")):
+        parse_query(query)
+
+
+def test_the_largest_weight_still_searches(encoder: ColourHistogramEncoder) -> None:
+    vector = query_vector("1000:red + 0.001:blue", encoder)
+    assert np.isfinite(vector).all()
+    assert float(np.linalg.norm(vector)) == pytest.approx(1.0, abs=1e-5)
