@@ -62,6 +62,15 @@ def assert_features_equal(ours: torch.Tensor, reference: torch.Tensor) -> None:
     torch.testing.assert_close(ours, F.normalize(reference, dim=-1), atol=1e-4, rtol=0)
 
 
+def check_same_model(ours, pixels, ids, image_ref, text_ref, logit_scale: torch.Tensor) -> None:
+    """Our token ids for ``TEXTS`` are ``ids``; our features of ``pixels`` and ``ids`` and our scale the source's."""
+    assert torch.equal(ours.tokenizer(TEXTS, 77), ids)
+    with torch.no_grad():
+        assert_features_equal(ours.encode_image(pixels), image_ref)
+        assert_features_equal(ours.encode_text(ids), text_ref)
+    assert ours.logit_scale.item() == logit_scale.item()
+
+
 def level_difference(ours: torch.Tensor, reference: torch.Tensor, std: tuple[float, ...]) -> float:
     """Largest pixel difference in 8-bit levels between two normalised batches."""
     scale = torch.tensor(std)[None, :, None, None] * 255
@@ -132,12 +141,7 @@ def test_transformers_model_features_equal(vocab: Path, tmp_path: Path, safetens
     pixels = processor(images=images(), return_tensors="pt")["pixel_values"]
     tokenizer = library.CLIPTokenizer.from_pretrained(folder)
     ids = tokenizer(TEXTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
-    assert torch.equal(model.tokenizer(TEXTS, 77), ids)
-    image_ref, text_ref = transformers_features(reference, pixels, ids)
-    with torch.no_grad():
-        assert_features_equal(model.encode_image(pixels), image_ref)
-        assert_features_equal(model.encode_text(ids), text_ref)
-    assert model.logit_scale.item() == reference.logit_scale.item()
+    check_same_model(model, pixels, ids, *transformers_features(reference, pixels, ids), reference.logit_scale)
 
 
 def photo_like(height: int, width: int) -> Image.Image:
@@ -177,12 +181,7 @@ def check_against_open_clip(ours, reference, image_size: int) -> None:
     ours_pixels = torch.stack([image_to_tensor(image, ours.preprocess_config) for image in images()])
     assert level_difference(ours_pixels, pixels, ours.preprocess_config.std) <= 1.0
     ids = library.get_tokenizer("ViT-B-32")(TEXTS)
-    assert torch.equal(ours.tokenizer(TEXTS, 77), ids)
-    image_ref, text_ref = open_clip_features(reference, pixels, ids)
-    with torch.no_grad():
-        assert_features_equal(ours.encode_image(pixels), image_ref)
-        assert_features_equal(ours.encode_text(ids), text_ref)
-    assert ours.logit_scale.item() == reference.logit_scale.item()
+    check_same_model(ours, pixels, ids, *open_clip_features(reference, pixels, ids), reference.logit_scale)
 
 
 def open_clip_folder(vocab: Path, folder: Path, vision: dict, quick_gelu: bool):
