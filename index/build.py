@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,12 @@ if TYPE_CHECKING:
     from softclip.encoder import Encoder
 
 DEFAULT_BATCH_SIZE = 32
+
+# One batch out of an embedding step: each decoded file with its float32 [D] embedding, or None where it
+# failed (``DecodedFile.error`` says why). Every way of embedding yields these; one commit step records them.
+EmbeddedBatch = list[tuple[DecodedFile, "np.ndarray | None"]]
+# An embedding step: the files to embed and the run's options in, embedded batches out (in any order).
+Embedder = Callable[[list[ScannedFile], "RunOptions"], Iterator[EmbeddedBatch]]
 
 
 @dataclass
@@ -159,8 +165,17 @@ class IndexWriter:
             known = {path: record for path, record in known.items() if not path.startswith(prefix)}
         return known
 
-    def update(self, files: list[ScannedFile], known: dict[str, FileRecord], options: RunOptions) -> IndexReport:
-        """Bring the rows in ``known`` in line with ``files``: rows without a file are dropped."""
+    def update(
+        self,
+        files: list[ScannedFile],
+        known: dict[str, FileRecord],
+        options: RunOptions,
+        embed: Embedder | None = None,
+    ) -> IndexReport:
+        """Bring the rows in ``known`` in line with ``files``: rows without a file are dropped.
+
+        ``embed`` is the embedding step (default: ``embed_locally``, in this process).
+        """
         started = time.perf_counter()
         report = IndexReport(index_dir=os.fspath(self.folder.path))
         candidates: list[tuple[ScannedFile, FileRecord | None]] = []
@@ -173,7 +188,7 @@ class IndexWriter:
         on_disk = {file.path for file in files}
         vanished = [record for path, record in known.items() if path not in on_disk]
         to_embed = self._reuse_known_content(candidates, vanished, options, report)
-        self._embed(to_embed, options, report)
+        self._embed(to_embed, options, report, embed)
         report.total = self.manifest.counts()["ok"]
         report.seconds = time.perf_counter() - started
         return report
@@ -256,36 +271,46 @@ class IndexWriter:
         return {path: content for path, content in zip(maybe, hashes) if content is not None}
 
     def _embed(
-        self, to_embed: list[tuple[ScannedFile, FileRecord | None]], options: RunOptions, report: IndexReport
+        self,
+        to_embed: list[tuple[ScannedFile, FileRecord | None]],
+        options: RunOptions,
+        report: IndexReport,
+        embed: Embedder | None,
     ) -> None:
-        """Decode in worker threads while the encoder runs; commit each batch in its own transaction."""
-        if to_embed and self.encoder is None:
-            raise RuntimeError("this index writer has no encoder to embed images with")
+        """Embed the files (in this process unless ``embed`` says otherwise); commit each batch as it comes."""
+        if not to_embed:
+            return
         was_known = {file.path: record is not None for file, record in to_embed}
+        embed = embed or self.embed_locally
+        with progress_bar(len(to_embed), options.progress) as bar:
+            for batch in embed([file for file, _ in to_embed], options):
+                self._commit_batch(batch, was_known, report)
+                bar.update(len(batch))
+
+    def embed_locally(self, files: list[ScannedFile], options: RunOptions) -> Iterator[EmbeddedBatch]:
+        """Decode in worker threads while the encoder runs, ``options.batch_size`` files a batch."""
+        if self.encoder is None:
+            raise RuntimeError("this index writer has no encoder to embed images with")
         lookahead = max(2 * options.batch_size, 4 * (options.workers or default_workers()))
-        files = (file for file, _ in to_embed)
         min_side = draft_side(self.encoder)
         decoded = decode_files(
             files, self.encoder.preprocess, options.max_megapixels, options.workers, lookahead, min_side
         )
-        with progress_bar(len(to_embed), options.progress) as bar:
-            for batch in batched(decoded, options.batch_size):
-                self._commit_batch(batch, was_known, report)
-                bar.update(len(batch))
+        for batch in batched(decoded, options.batch_size):
+            embeddings = iter(self._encode([item.pixels for item in batch if item.pixels is not None]))
+            yield [(item, next(embeddings) if item.pixels is not None else None) for item in batch]
 
-    def _commit_batch(self, batch: list[DecodedFile], was_known: dict[str, bool], report: IndexReport) -> None:
-        """Embed the decoded images of a batch and record every file of it in one transaction."""
-        embeddings = iter(self._encode([item.pixels for item in batch if item.pixels is not None]))
-        report.embedded += sum(item.pixels is not None for item in batch)
+    def _commit_batch(self, batch: EmbeddedBatch, was_known: dict[str, bool], report: IndexReport) -> None:
+        """Record every file of an embedded batch in one transaction."""
+        report.embedded += sum(embedding is not None for _, embedding in batch)
         with self.manifest.transaction():
-            for item in batch:
-                embedding = next(embeddings) if item.pixels is not None else None
+            for item, embedding in batch:
                 if embedding is not None and not np.isfinite(embedding).all():
                     item.error, embedding = "the encoder returned a non-finite embedding", None
                 if embedding is None:
                     self._record_failure(item, was_known[item.file.path], report)
                 else:
-                    self._store_vector(item.file, item.content_hash, embedding)
+                    self._store_vector(item.file, item.content_hash, self._checked(embedding))
                     report.added += int(not was_known[item.file.path])
                     report.updated += int(was_known[item.file.path])
 
@@ -299,16 +324,17 @@ class IndexWriter:
             self._removed_ids += _as_list(self.manifest.put_error(item.file, item.content_hash, item.error))
 
     def _encode(self, pixels: list[np.ndarray]) -> np.ndarray:
-        """float32 [B, D] embeddings of [3, H, W] pixel arrays, checked against the index's dimension."""
-        dim = self.folder.info.embed_dim
+        """float32 [B, D] embeddings of [3, H, W] pixel arrays."""
         if not pixels:
-            return np.zeros((0, dim), dtype=np.float32)
-        embeddings = np.asarray(self.encoder.encode_images(np.stack(pixels)), dtype=np.float32)
-        if embeddings.shape != (len(pixels), dim):
-            raise RuntimeError(
-                f"the encoder returned embeddings of shape {embeddings.shape}, expected ({len(pixels)}, {dim})"
-            )
-        return embeddings
+            return np.zeros((0, self.folder.info.embed_dim), dtype=np.float32)
+        return np.asarray(self.encoder.encode_images(np.stack(pixels)), dtype=np.float32)
+
+    def _checked(self, embedding: np.ndarray) -> np.ndarray:
+        """An embedding of the index's dimension, or an error naming both shapes (a wrong encoder)."""
+        dim = self.folder.info.embed_dim
+        if embedding.shape != (dim,):
+            raise RuntimeError(f"the encoder returned embeddings of shape {embedding.shape}, expected ({dim},)")
+        return embedding
 
     def _store_vector(self, file: ScannedFile, content: str, embedding: np.ndarray) -> None:
         vector_id, replaced = self.manifest.put_vector(file, content, embedding)

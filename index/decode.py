@@ -54,6 +54,9 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 Preprocess = Callable[[Image.Image], np.ndarray]
+# Reads one file: (its bytes, its path with the size and mtime of what was read). ``read_file`` for local
+# paths; the Ray path passes a reader over a pyarrow filesystem, so both decode through ``decode_file``.
+Reader = Callable[[str], tuple[bytes, ScannedFile]]
 
 
 class ImageDecodeError(ValueError):
@@ -154,11 +157,15 @@ def draft_jpeg(image: Image.Image, min_side: int) -> None:
 
 
 def decode_file(
-    file: ScannedFile, preprocess: Preprocess, max_megapixels: float, min_side: int | None = None
+    file: ScannedFile,
+    preprocess: Preprocess,
+    max_megapixels: float,
+    min_side: int | None = None,
+    reader: Reader = read_file,
 ) -> DecodedFile:
     """Read, hash, decode and preprocess one file; any failure is recorded in the result (see ``decode_bytes``)."""
     try:
-        data, read = read_file(file.path)
+        data, read = reader(file.path)
     except OSError as error:
         return DecodedFile(file, error=_io_reason(error), vanished=isinstance(error, FileNotFoundError))
     result = DecodedFile(read, content_hash=content_hash(data))
