@@ -36,7 +36,7 @@ from softclip.index.decode import (
 )
 from softclip.index.index_folder import IndexFolder
 from softclip.index.manifest import FileRecord
-from softclip.index.scan import ScannedFile, scan_folder
+from softclip.index.scan import ScannedFile, ScanResult, scan_folder
 from softclip.index.shards import check_shard, in_shard, select_shard, shard_dir
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class RunOptions:
 
 
 def build_index(
-    folder: str | os.PathLike,
+    folder: str | os.PathLike | ScanResult,
     encoder: Encoder,
     index_dir: str | os.PathLike,
     factory: str | None = None,
@@ -97,22 +97,26 @@ def build_index(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     progress: bool | None = None,
+    on_disk_above: int | None = None,
+    embed: Embedder | None = None,
 ) -> IndexReport:
     """Index every image under ``folder`` into ``index_dir``, incrementally.
 
     Reruns embed only new or changed files, drop deleted ones and recognise renamed ones. ``factory`` is a
     FAISS factory string (default: exact search); changing it rebuilds the FAISS file without re-embedding.
     ``shard=(i, n)`` indexes only shard ``i`` of ``n`` into ``index_dir/shard-0000i-of-0000n``
-    (see ``merge_shards``).
+    (see ``merge_shards``). Above ``on_disk_above`` vectors the FAISS index is IVF-PQ with its lists on disk
+    (``softclip.index.ondisk``). ``folder`` may also be a listing already made (``ScanResult``, e.g. of a
+    remote filesystem), and ``embed`` another embedding step (``softclip.index.ray_index``).
     """
     options = RunOptions(max_megapixels, batch_size, workers, progress)
     shard = None if shard is None else check_shard(shard)
-    scan = scan_folder(folder)
+    scan = folder if isinstance(folder, ScanResult) else scan_folder(folder)
     files = scan.files if shard is None else select_shard(scan.files, shard)
     target = Path(index_dir) if shard is None else shard_dir(index_dir, shard)
-    with IndexWriter.open(target, encoder, factory=factory, shard=shard) as writer:
+    with IndexWriter.open(target, encoder, factory=factory, shard=shard, on_disk_above=on_disk_above) as writer:
         known = writer.known_under(scan.root, shard=shard, skip_dirs=scan.unreadable_dirs)
-        report = writer.update(files, known, options)
+        report = writer.update(files, known, options, embed)
     report.errors[:0] = scan.errors
     return report
 
@@ -136,11 +140,12 @@ class IndexWriter:
         encoder: Encoder,
         factory: str | None = None,
         shard: tuple[int, int] | None = None,
+        on_disk_above: int | None = None,
     ) -> IndexWriter:
         """Lock ``index_dir`` for writing (creating it if new); refuses an encoder of another model."""
         model_id, embed_dim = encoder.model_id, int(encoder.embed_dim)
         export_dir = _export_dir_of(encoder)
-        folder = IndexFolder.open_for_writing(index_dir, model_id, embed_dim, factory, export_dir, shard)
+        folder = IndexFolder.open_for_writing(index_dir, model_id, embed_dim, factory, export_dir, shard, on_disk_above)
         return cls(folder, encoder)
 
     def __enter__(self) -> IndexWriter:
@@ -342,7 +347,12 @@ class IndexWriter:
         self._removed_ids += _as_list(replaced)
 
     def _patched_faiss(self) -> faiss.Index | None:
-        """The current FAISS file with this session's changes applied, or None when it cannot be patched."""
+        """The current FAISS file with this session's changes applied, or None when it cannot be patched.
+
+        On-disk indexes are written once and rebuilt on change (their lists file is not crash-safe to edit).
+        """
+        if self.folder.info.on_disk or self.folder.wants_on_disk(self.manifest.counts()["ok"]):
+            return None
         index = self.folder.read_faiss_file()  # as of the start of this session
         removed = set(self._removed_ids)
         added = [vector_id for vector_id in self._added_ids if vector_id not in removed]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from softclip.index import faiss_index
+from softclip.index import faiss_index, ondisk
 from softclip.index.atomic import write_json_atomically
 from softclip.index.manifest import Manifest
 
@@ -55,6 +55,8 @@ class IndexInfo:
     generation: int = -1  # the manifest generation ``vectors.faiss`` holds; -1: none written yet
     counts: dict[str, int] = field(default_factory=dict)
     shard: list[int] | None = None  # [i, n] for a shard folder
+    on_disk_above: int | None = None  # above this many vectors the FAISS index lives on disk (None: never)
+    on_disk: str | None = None  # the on-disk index folder holding ``generation``, when there is one
     format: int = FORMAT_VERSION
 
     @classmethod
@@ -111,14 +113,19 @@ class IndexFolder:
         factory: str | None = None,
         export_dir: str | None = None,
         shard: tuple[int, int] | None = None,
+        on_disk_above: int | None = None,
     ) -> IndexFolder:
-        """Open (creating it if new) an index folder for one writer; refuses a different model."""
+        """Open (creating it if new) an index folder for one writer; refuses a different model.
+
+        ``on_disk_above``: above this many vectors, keep the FAISS index on disk (remembered in index.json).
+        """
         path = Path(index_dir)
         path.mkdir(parents=True, exist_ok=True)
         lock = _FolderLock.acquire(path)
         try:
             info = _writer_info(path, model_id, embed_dim, factory, export_dir, shard)
-            _remove_stale_temporaries(path)
+            _set_on_disk_above(info, on_disk_above)
+            _remove_stale_temporaries(path, info)
             write_json_atomically(path / INDEX_JSON, asdict(info))
             return cls(path, info, Manifest(path / MANIFEST_FILE), lock)
         except BaseException:
@@ -148,27 +155,42 @@ class IndexFolder:
     def faiss_is_current(self) -> bool:
         """The FAISS file holds exactly the committed vectors."""
         current = self.info.generation == self.manifest.generation
-        return current and (self.path / FAISS_FILE).is_file()
+        return current and self._faiss_path().exists()
 
-    def load_faiss(self) -> faiss.Index:
-        """The FAISS index of the committed vectors: the file when current, else rebuilt (and saved if we can)."""
+    def wants_on_disk(self, count: int) -> bool:
+        """A FAISS index of ``count`` vectors belongs on disk in this folder."""
+        return self.info.on_disk_above is not None and count > self.info.on_disk_above
+
+    def load_faiss(self) -> faiss.Index | ondisk.OnDiskIndex:
+        """The FAISS index of the committed vectors: the file when current, else rebuilt (and saved if we can).
+
+        A reader takes an on-disk index even when a writer has committed since it was built: rebuilding one
+        costs minutes, and hits whose files are gone are dropped by the manifest lookup.
+        """
         if not self.writable:
             self.info = read_info(self.path)  # a writer may have moved on since we opened
-        if self.faiss_is_current():
+        if self.faiss_is_current() or (self.info.on_disk and not self.writable and self._faiss_path().exists()):
             return self.read_faiss_file()
         index, generation = self.rebuild_faiss()
         self._save_if_possible(index, generation)
         return index
 
-    def read_faiss_file(self) -> faiss.Index:
-        """The FAISS file as it is on disk, current or not."""
-        return faiss_index.load_index(self.path / FAISS_FILE)
+    def read_faiss_file(self) -> faiss.Index | ondisk.OnDiskIndex:
+        """The FAISS file (or on-disk index) as it is on disk, current or not."""
+        if self.info.on_disk:
+            return ondisk.OnDiskIndex.open(self._faiss_path())
+        return faiss_index.load_index(self._faiss_path())
 
-    def rebuild_faiss(self) -> tuple[faiss.Index, int]:
-        """(index of every committed vector with the folder's factory, the manifest generation it holds)."""
+    def rebuild_faiss(self) -> tuple[faiss.Index | ondisk.OnDiskIndex, int]:
+        """(index of every committed vector with the folder's factory, the manifest generation it holds).
+
+        Above ``on_disk_above`` vectors, a writer builds a new on-disk index folder; a reader rebuilds in memory.
+        """
         with self.manifest.snapshot():
             generation = self.manifest.generation
             ids = self.manifest.vector_ids()
+            if self.writable and self.wants_on_disk(len(ids)):
+                return self._build_on_disk(ids), generation
             index = faiss_index.create_index(self.info.embed_dim, self.info.factory)
             if len(ids) and not index.is_trained:
                 sample = np.random.default_rng(0).permutation(ids)[: faiss_index.TRAIN_SAMPLE]
@@ -177,14 +199,36 @@ class IndexFolder:
                 faiss_index.add_vectors(index, chunk_ids, chunk)
         return index, generation
 
-    def commit_faiss(self, index: faiss.Index, generation: int) -> None:
-        """Save ``index`` as the FAISS file holding manifest ``generation`` (writer only)."""
+    def commit_faiss(self, index: faiss.Index | ondisk.OnDiskIndex, generation: int) -> None:
+        """Save ``index`` as the FAISS file holding manifest ``generation`` (writer only).
+
+        An on-disk index is already written; naming its folder in ``index.json`` makes it the current one.
+        """
         if not self.writable:
             raise RuntimeError("only the writer of an index folder may save its FAISS file")
-        faiss_index.save_index(index, self.path / FAISS_FILE)
+        if isinstance(index, ondisk.OnDiskIndex):
+            self.info.on_disk = index.folder.name
+        else:
+            faiss_index.save_index(index, self.path / FAISS_FILE)
+            self.info.on_disk = None
         self.info.generation = generation
         self.info.counts = self.manifest.counts()
         write_json_atomically(self.path / INDEX_JSON, asdict(self.info))
+        ondisk.remove_unused(self.path, keep=self.info.on_disk)
+        if self.info.on_disk:
+            (self.path / FAISS_FILE).unlink(missing_ok=True)
+
+    def _faiss_path(self) -> Path:
+        return self.path / (self.info.on_disk or FAISS_FILE)
+
+    def _build_on_disk(self, ids: np.ndarray) -> ondisk.OnDiskIndex:
+        """A new on-disk index folder of the committed vectors ``ids`` (inside a manifest snapshot)."""
+        factory = self.info.factory
+        if not ondisk.is_ivf_factory(factory):
+            factory = ondisk.ondisk_factory(len(ids), self.info.embed_dim)
+        sample = np.random.default_rng(0).permutation(ids)[: faiss_index.TRAIN_SAMPLE]
+        train = self.manifest.vectors(np.sort(sample))
+        return ondisk.build_ondisk(self.path, factory, train, self.manifest.iter_vectors(), len(ids))
 
     def _save_if_possible(self, index: faiss.Index, generation: int) -> None:
         """Save a rebuilt index, unless a writer is at work or has committed since the rebuild."""
@@ -226,10 +270,20 @@ def _list(shard: tuple[int, int] | None) -> list[int] | None:
     return None if shard is None else [int(shard[0]), int(shard[1])]
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary files left by a writer that was killed mid-write."""
+def _set_on_disk_above(info: IndexInfo, on_disk_above: int | None) -> None:
+    """Record a new on-disk threshold; the FAISS index is rebuilt when it changes which kind it should be."""
+    if on_disk_above is None or on_disk_above == info.on_disk_above:
+        return
+    if on_disk_above < 0:
+        raise ValueError(f"on_disk_above must be 0 or more, got {on_disk_above}")
+    info.on_disk_above, info.generation = int(on_disk_above), -1
+
+
+def _remove_stale_temporaries(path: Path, info: IndexInfo) -> None:
+    """Temporary files and on-disk index folders left by a writer that was killed mid-write."""
     for stale in path.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
+    ondisk.remove_unused(path, keep=info.on_disk)
 
 
 class _FolderLock:
