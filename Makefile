@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# The pinned torch is a CPU wheel on CPU machines; the project itself accepts any recent torch.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	# constraints.txt holds torch at that version while the reference libraries bring torchvision.
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRA),train,app,dev,reference]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRA),train,app,ray,dev,reference]"
 	touch $(STAMP)
 
 test: install

@@ -272,10 +272,18 @@ def _index(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-megapixels", type=float, default=100.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="decoding threads")
+    parser.add_argument(
+        "--on-disk-above", type=int, default=None, help="above N vectors, IVF-PQ with its lists on disk"
+    )
+    parser.add_argument("--engine", choices=["local", "ray"], default="local", help="where to embed (ray: pip extra)")
+    parser.add_argument("--address", default=None, help="with --engine ray: the cluster ('auto'; default: local)")
+    parser.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="with --engine ray: GPUs per encoder")
 
     def run(args: argparse.Namespace) -> int:
         from softclip import index
 
+        if args.engine == "ray":
+            return index_on_ray(args)
         if args.folder == "merge":
             report = index.merge_shards(index.find_shard_dirs(args.index), args.index, factory=args.factory)
             print(report)
@@ -299,11 +307,48 @@ def _index(parser: argparse.ArgumentParser) -> None:
             max_megapixels=args.max_megapixels,
             batch_size=args.batch_size,
             workers=args.workers,
+            on_disk_above=args.on_disk_above,
         )
         print(index.format_report(report))
         return 0
 
     parser.set_defaults(run=run)
+
+
+def index_on_ray(args: argparse.Namespace) -> int:
+    """``softclip index ... --engine ray``: the export is the one named, else the one the index was built with."""
+    if args.shard is not None or args.folder == "merge":
+        raise SystemExit("softclip: --engine ray indexes the whole folder; --shard and merge are for the local engine")
+    try:
+        import ray  # noqa: F401
+
+        from softclip.index.ray_index import build_index_on_ray
+    except ImportError:
+        raise SystemExit("softclip: --engine ray needs Ray: pip install 'softclip[ray]'") from None
+    from softclip.index import format_report
+    from softclip.index.index_folder import read_info
+
+    if args.model is None:
+        export_dir = read_info(args.index).export_dir
+    else:
+        from softclip.export.cache import cached_export
+
+        export_dir = cached_export(args.model, int8=args.int8)
+    if export_dir is None:
+        raise SystemExit(f"softclip: the index {args.index!r} names no export folder; name one with --model")
+    report = build_index_on_ray(
+        args.folder,
+        export_dir,
+        args.index,
+        address=args.address,
+        num_gpus_per_worker=args.num_gpus_per_worker,
+        factory=args.factory,
+        max_megapixels=args.max_megapixels,
+        batch_size=args.batch_size,
+        on_disk_above=args.on_disk_above,
+    )
+    print(format_report(report))
+    return 0
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -284,3 +284,16 @@ def test_importing_softclip_index_loads_neither_faiss_nor_onnxruntime() -> None:
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_local_run_imports_neither_ray_nor_pyarrow(tmp_path: Path) -> None:
+    make_folder(tmp_path / "photos", 3)
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from conftest import ColourHistogramEncoder; "
+        "from softclip.index import build_index; import softclip.index.ray_index; "
+        f"build_index({str(tmp_path / 'photos')!r}, ColourHistogramEncoder(), {str(tmp_path / 'idx')!r}); "
+        "print(sorted({'ray', 'pyarrow'} & set(sys.modules)))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"

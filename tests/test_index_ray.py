@@ -16,6 +16,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 from softclip import create_model  # noqa: E402
+from softclip.cli import main  # noqa: E402
 from softclip.export import OnnxEncoder, export_model  # noqa: E402
 from softclip.index import build_index  # noqa: E402
 from softclip.index.index_folder import MANIFEST_FILE  # noqa: E402
@@ -92,12 +93,12 @@ def test_ray_builds_the_same_index_as_the_local_path_and_reruns_incrementally(
     assert (again.embedded, again.unchanged, again.total) == (0, 40, 40)  # the two bad files are tried again
 
 
-def test_a_filesystem_uri_is_listed_and_read_through_pyarrow(
+def test_the_command_line_indexes_a_filesystem_uri_through_pyarrow(
     export_dir: Path, photos: Path, local_index: Path, tmp_path: Path
 ) -> None:
     uri = photos.as_uri()  # file:///...: the same code path as s3:// or gs://
-    report = build_index_on_ray(uri, export_dir, tmp_path / "uri.idx", batch_size=16, progress=False)
-    assert report.total == 40 and len(report.errors) == 2
+    command = ["index", uri, "--model", str(export_dir), "--index", str(tmp_path / "uri.idx"), "--engine", "ray"]
+    assert main(command + ["--batch-size", "16"]) == 0
     assert_same_index(tmp_path / "uri.idx", local_index, ray_root="file://")
 
 
