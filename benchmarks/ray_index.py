@@ -55,9 +55,10 @@ def largest_difference(a: Path, b: Path) -> float:
     return max(float(np.abs(left[path] - right[path]).max()) for path in left)
 
 
-def timed(run) -> float:
+def timed(run, *args, **kwargs) -> float:
+    """Seconds that ``run(*args, **kwargs)`` takes."""
     started = time.perf_counter()
-    run()
+    run(*args, **kwargs)
     return time.perf_counter() - started
 
 
@@ -69,6 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max-encoders", type=int, default=None, help="Ray encoder actors (default: softclip's)")
     return parser.parse_args(argv)
 
 
@@ -81,17 +83,14 @@ def main(argv: list[str] | None = None) -> None:
         write_jpegs(root / "photos", args.n, args.size)
         torch.manual_seed(0)
         export_dir = export_model(create_model(args.model), root / "export")
-        ray_start = timed(lambda: ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False))
+        ray_start = timed(ray.init, num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         local_runs, ray_runs = [], []
+        ray_options = {"batch_size": args.batch_size, "max_encoders": args.max_encoders}
         for round_ in range(args.repeats):
             local_dir, ray_dir = root / f"local{round_}", root / f"ray{round_}"
             encoder = OnnxEncoder(export_dir)
-            local_runs.append(
-                timed(lambda: build_index(root / "photos", encoder, local_dir, batch_size=args.batch_size))
-            )
-            ray_runs.append(
-                timed(lambda: build_index_on_ray(root / "photos", export_dir, ray_dir, batch_size=args.batch_size))
-            )
+            local_runs.append(timed(build_index, root / "photos", encoder, local_dir, batch_size=args.batch_size))
+            ray_runs.append(timed(build_index_on_ray, root / "photos", export_dir, ray_dir, **ray_options))
             difference = largest_difference(local_dir, ray_dir)
             shutil.rmtree(local_dir)
             shutil.rmtree(ray_dir)
@@ -99,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     local, on_ray = statistics.median(local_runs), statistics.median(ray_runs)
     print(
         f"{args.n} JPEGs of {args.size} px, {args.model} export (untrained), batch {args.batch_size}, "
-        f"median of {args.repeats}; Ray: local instance with {args.cpus} CPUs, started in {ray_start:.1f} s\n"
+        f"median of {args.repeats}; Ray: local instance with {args.cpus} CPUs, started in {ray_start:.1f} s, "
+        f"encoder actors at most {args.max_encoders or 'the default'}\n"
     )
     print("| path | seconds | images/s | vs single machine |")
     print("| --- | ---: | ---: | ---: |")

@@ -3,7 +3,8 @@
 This process (the driver) lists the files, compares them with the manifest and commits every batch, as a
 local run does (``IndexWriter``); only the embedding step runs on Ray. Ray Data reads and decodes the files in
 tasks with the local path's ``decode_file`` (a file that fails is recorded with its reason and never fails the
-job), then an actor pool of encoders, one model load per actor, embeds them; ``num_gpus_per_worker`` gives
+job), then an actor pool of encoders, one model load per actor, embeds them (Ray Data fuses the two steps into
+the actors when they ask for the same resources, as CPU actors do); ``num_gpus_per_worker`` gives
 each actor a share of a GPU, where ONNX Runtime runs on CUDA. Ray restarts an actor that dies and retries its
 batches (Ray Data's default for actor pools), so the index comes out complete, and a rerun is incremental.
 
@@ -53,7 +54,7 @@ def build_index_on_ray(
 
     ``address`` is the cluster to join (``"auto"``: the one this machine belongs to; None: a running
     ``ray.init`` in this process, else a local Ray instance). ``max_encoders`` caps the actor pool (default:
-    one per ``num_gpus_per_worker`` GPUs, or one per two CPUs of the cluster, the other CPU decoding).
+    one per ``num_gpus_per_worker`` GPUs, else one per CPU of the cluster).
     ``make_encoder(export_dir)`` builds each actor's encoder (default: ``OnnxEncoder``).
     """
     if num_gpus_per_worker < 0:
@@ -177,13 +178,17 @@ class RayEmbedder:
             yield embedded_batch(batch)
 
     def _default_encoders(self) -> int:
-        """One actor per ``num_gpus`` GPUs of the cluster; on CPUs, one per two CPUs (the other decodes)."""
+        """One actor per ``num_gpus`` GPUs of the cluster; on CPUs, one per CPU.
+
+        CPU actors ask for the same resources as the decode step, so Ray Data fuses the two into the
+        actors and every CPU decodes and encodes (2 actors on 2 CPUs: 60 images/s against 48 with one).
+        """
         import ray
 
         resources = ray.cluster_resources()
         if self.num_gpus:
             return max(1, int(resources.get("GPU", 0) / self.num_gpus))
-        return max(1, int(resources.get("CPU", 1)) // 2)
+        return max(1, int(resources.get("CPU", 1)))
 
 
 def decode_batch(
