@@ -3,7 +3,10 @@
 ``build_index(folder, encoder, index_dir)`` indexes (incrementally) every image under a folder;
 ``ImageIndex.open(index_dir)`` searches it by text, weighted query or image; ``index_texts`` adds texts
 for ``ImageIndex.describe``; ``merge_shards`` joins shards embedded in parallel; ``label_folder`` writes
-zero-shot labels to a CSV. faiss is imported only when an index is built or searched.
+zero-shot labels to a CSV. faiss is imported only when an index is built or searched. Past one machine,
+``softclip.index.ray_index.build_index_on_ray`` embeds on a Ray cluster (the ``ray`` extra, imported only
+there); past memory, ``build_index(..., on_disk_above=N)`` keeps the FAISS index on disk
+(``softclip.index.ondisk``).
 """
 
 from softclip.index.build import IndexReport, build_index

@@ -65,8 +65,7 @@ def build_index_on_ray(
     make_encoder = make_encoder or onnx_encoder
     scan, reader = list_source(source)
     encoder = make_encoder(export_dir)  # the driver's copy names the model and its preprocessing
-    connect(address)
-    embed = RayEmbedder(export_dir, encoder, reader, num_gpus_per_worker, max_encoders, make_encoder)
+    embed = RayEmbedder(export_dir, encoder, reader, address, num_gpus_per_worker, max_encoders, make_encoder)
     return build_index(
         scan,
         encoder,
@@ -134,13 +133,18 @@ class FilesystemReader:
 
 
 class RayEmbedder:
-    """The embedding step of an indexing run (``build.Embedder``) on Ray Data: decode tasks, encoder actors."""
+    """The embedding step of an indexing run (``build.Embedder``) on Ray Data: decode tasks, encoder actors.
+
+    Ray is joined (``connect(address)``) only when there is something to embed: a rerun that finds
+    nothing new never starts it.
+    """
 
     def __init__(
         self,
         export_dir: str,
         encoder: Encoder,
         reader: Reader,
+        address: str | None,
         num_gpus_per_worker: float,
         max_encoders: int | None,
         make_encoder: EncoderFactory,
@@ -150,6 +154,7 @@ class RayEmbedder:
         self.embed_dim = int(encoder.embed_dim)
         self.min_side = draft_side(encoder)
         self.reader = reader
+        self.address = address
         self.num_gpus = num_gpus_per_worker
         self.max_encoders = max_encoders
         self.make_encoder = make_encoder
@@ -157,6 +162,7 @@ class RayEmbedder:
     def __call__(self, files: list[ScannedFile], options: RunOptions) -> Iterator[EmbeddedBatch]:
         import ray.data
 
+        connect(self.address)
         rows = [{"path": file.path, "size": file.size, "mtime_ns": file.mtime_ns} for file in files]
         decode = functools.partial(
             decode_batch,
