@@ -19,6 +19,7 @@ crash mid-build leaves the previous index in use and a stray folder that the nex
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import secrets
 import shutil
@@ -85,8 +86,8 @@ class OnDiskIndex:
         except RuntimeError:
             # The lists are named by absolute path; a moved index folder finds them beside index.faiss.
             index = faiss.read_index(os.fspath(folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
-        vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
-        ids = np.load(folder / IDS_FILE, mmap_mode="r")
+        vectors = _random_access(np.load(folder / VECTORS_FILE, mmap_mode="r"))
+        ids = _random_access(np.load(folder / IDS_FILE, mmap_mode="r"))
         return cls(folder, index, vectors, ids, rerank)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +110,15 @@ class OnDiskIndex:
         found = np.full(k, -1, dtype=np.int64)
         scores[: len(best)], found[: len(best)] = exact[best], ids[order][best]
         return scores, found
+
+
+def _random_access(array: np.memmap) -> np.memmap:
+    """Turn off read-ahead on a memory map: re-ranking reads a few hundred scattered rows per query, and
+    read-ahead would page in (and count as resident) the neighbours of each, most of the file in the end."""
+    advise = getattr(array._mmap, "madvise", None)
+    if advise is not None and hasattr(mmap, "MADV_RANDOM"):
+        advise(mmap.MADV_RANDOM)
+    return array
 
 
 def build_ondisk(
