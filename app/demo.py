@@ -67,7 +67,8 @@ def export(checkpoint: Path, config: DemoConfig) -> Path:
 
 def render_gallery(config: DemoConfig) -> tuple[Path, Path]:
     """2,000 test scenes as PNG files, and a text file of their captions and detector tags."""
-    from softclip.training.synthetic import SynthConfig, SynthScenes
+    from softclip.training.scenes import SynthConfig
+    from softclip.training.synthetic import SynthScenes
 
     gallery, texts = config.folder / "gallery", config.folder / "texts.txt"
     if texts.is_file():

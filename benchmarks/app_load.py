@@ -65,7 +65,9 @@ def build_fixture(folder: Path, scenes: int) -> tuple[Path, Path]:
     from softclip.model import create_model
     from softclip.pretrained import save_pretrained
     from softclip.tokenizer import Tokenizer
-    from softclip.training.synthetic import caption_for, render_scene, sample_scene
+    from softclip.training.captions import caption_for
+    from softclip.training.render import render_scene
+    from softclip.training.scenes import sample_scene
 
     rng = np.random.default_rng(0)
     (folder / "photos").mkdir(parents=True)

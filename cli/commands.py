@@ -77,7 +77,8 @@ def _synth(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=64)
 
     def run(args: argparse.Namespace) -> int:
-        from softclip.training.synthetic import SynthConfig, write_split
+        from softclip.training.scenes import SynthConfig
+        from softclip.training.synthetic import write_split
 
         config = SynthConfig(image_size=args.image_size, caption_noise=args.caption_noise, split=args.split)
         print(write_split(args.out, args.n, seed=args.seed, fmt=args.format, config=config))

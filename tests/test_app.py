@@ -47,7 +47,9 @@ from softclip.index import ImageIndex, build_index, index_texts
 from softclip.model import create_model
 from softclip.pretrained import save_pretrained
 from softclip.tokenizer import Tokenizer
-from softclip.training.synthetic import caption_for, render_scene, sample_scene
+from softclip.training.captions import caption_for
+from softclip.training.render import render_scene
+from softclip.training.scenes import sample_scene
 from softclip.transform import PreprocessConfig
 
 SCENES = 12

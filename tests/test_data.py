@@ -23,7 +23,8 @@ from softclip.training.data import (
     expand_shards,
     pad_rois,
 )
-from softclip.training.synthetic import SynthConfig, SynthScenes, write_split
+from softclip.training.scenes import SynthConfig
+from softclip.training.synthetic import SynthScenes, write_split
 
 CONFIG = SynthConfig(image_size=32)
 

@@ -193,7 +193,8 @@ def test_init_fine_tunes_a_pretrained_clip_keeping_its_tokenizer(tmp_path: Path,
 def test_captions_without_regions_train_with_image_text_guidance(tmp_path: Path, capsys) -> None:
     import csv
 
-    from softclip.training.synthetic import SynthConfig, SynthScenes
+    from softclip.training.scenes import SynthConfig
+    from softclip.training.synthetic import SynthScenes
 
     data = SynthScenes(SynthConfig(split="train"), length=16)
     (tmp_path / "images").mkdir()

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
-from softclip.training.synthetic import Sample
+from softclip.training.sample import Sample
 from softclip.transform import load_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # WebDataset image members, in order of preference

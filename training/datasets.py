@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from softclip.training.synthetic import SynthConfig, SynthScenes
+from softclip.training.scenes import SynthConfig
+from softclip.training.synthetic import SynthScenes
 
 
 def open_dataset(

@@ -44,7 +44,7 @@ from softclip.training.data import (
     read_table,
     webdataset_caption,
 )
-from softclip.training.synthetic import Sample
+from softclip.training.sample import Sample
 
 APPEARANCE_DIM = 2048  # VinVL's ResNeXt-152 C4 region feature
 DOWNLOAD_ROW_DIM = APPEARANCE_DIM + 6  # the download appends x1, y1, x2, y2, w, h (fractions of the image)
