@@ -48,7 +48,8 @@ from PIL import Image  # noqa: E402
 from softclip.app.thumbnails import ThumbnailFiles  # noqa: E402
 from softclip.app.uploads import header_size, read_upload  # noqa: E402
 from softclip.encoder import Encoder, state_dict_id  # noqa: E402
-from softclip.explain import STOP_WORDS, WordHeatmap, explain, overlay  # noqa: E402
+from softclip.explain import explain  # noqa: E402
+from softclip.heatmaps import WordHeatmap, overlay  # noqa: E402
 from softclip.index import ImageDecodeError, ImageIndex, SearchHit, TextHit  # noqa: E402
 from softclip.index.decode import decode_bytes, load_rgb  # noqa: E402
 from softclip.index.index_folder import IndexFolder  # noqa: E402
@@ -56,6 +57,7 @@ from softclip.index.search import combine, parse_query  # noqa: E402
 from softclip.pretrained import from_pretrained  # noqa: E402
 from softclip.tokenizer import WordSpan  # noqa: E402
 from softclip.transform import resize_and_crop  # noqa: E402
+from softclip.word_queries import STOP_WORDS  # noqa: E402
 from softclip.zeroshot import label as zero_shot_label  # noqa: E402
 
 logger = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ def retrieval_metrics(encoder: Encoder, n: int = 1000, image_size: int = 64) -> 
 
 def pointing(model, n: int = 500, image_size: int = 64) -> dict:
     """Pointing game of the Grad-CAM heatmaps (needs a torch checkpoint), with a random-peak baseline."""
-    from softclip.explain import pointing_game, random_peak_baseline
+    from softclip.pointing import pointing_game, random_peak_baseline
 
     data = eval_sets.pointing_set(n, image_size=image_size)
     scenes = list(zip(data.images, data.queries, data.boxes))
