@@ -33,18 +33,16 @@ import numpy as np
 from PIL import Image
 
 from softclip.training.data import (
-    IndexedShards,
     SkipLog,
     SkippingDataset,
     UnreadableSample,
     checked_caption,
-    decode_webdataset_sample,
     pad_rois,
     read_image_file,
     read_table,
-    webdataset_caption,
 )
 from softclip.training.sample import Sample
+from softclip.training.shards import IndexedShards, decode_webdataset_sample, webdataset_caption
 
 APPEARANCE_DIM = 2048  # VinVL's ResNeXt-152 C4 region feature
 DOWNLOAD_ROW_DIM = APPEARANCE_DIM + 6  # the download appends x1, y1, x2, y2, w, h (fractions of the image)
