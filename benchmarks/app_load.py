@@ -63,7 +63,7 @@ def build_fixture(folder: Path, scenes: int) -> tuple[Path, Path]:
     from softclip.export import OnnxEncoder, export_model
     from softclip.index import build_index
     from softclip.model import create_model
-    from softclip.pretrained import save_pretrained
+    from softclip.save import save_pretrained
     from softclip.tokenizer import Tokenizer
     from softclip.training.captions import caption_for
     from softclip.training.render import render_scene

@@ -37,9 +37,10 @@ def _label(parser: argparse.ArgumentParser) -> None:
         labels = parse_labels(args.labels)
         if args.out:
             return label_folder_to_csv(args, labels)
+        from softclip.export import encoder_for
         from softclip.zeroshot import label
 
-        results = label(args.images, labels, model=args.model, top_k=args.top_k)
+        results = label(args.images, labels, model=encoder_for(args.model), top_k=args.top_k)
         if args.json:
             rows = [
                 {"image": str(path), "labels": [vars(s) for s in ranked]} for path, ranked in zip(args.images, results)
@@ -54,13 +55,13 @@ def _label(parser: argparse.ArgumentParser) -> None:
 
 
 def label_folder_to_csv(args: argparse.Namespace, labels: list[str]) -> int:
-    from softclip.encoder import open_encoder
+    from softclip.export import encoder_for
     from softclip.index import label_folder
 
     if len(args.images) != 1:
         raise SystemExit("softclip: label --out takes one folder")
     report = label_folder(
-        args.images[0], open_encoder(args.model), labels, args.out, top_k=args.top_k, max_megapixels=args.max_megapixels
+        args.images[0], encoder_for(args.model), labels, args.out, top_k=args.top_k, max_megapixels=args.max_megapixels
     )
     print(report)
     return 0
@@ -95,9 +96,12 @@ def _eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     def run(args: argparse.Namespace) -> int:
+        from softclip.export import encoder_for
         from softclip.training.evaluate import evaluate
 
-        metrics = evaluate(args.model, args.task, args.data)
+        # Grad-CAM (the pointing game) needs the torch model; the other tasks take any encoder.
+        model = args.model if args.task == "pointing" else encoder_for(args.model)
+        metrics = evaluate(model, args.task, args.data)
         if args.json:
             print(json.dumps(metrics, indent=2))
         else:

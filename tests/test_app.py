@@ -45,7 +45,7 @@ from softclip.app.app import (
 from softclip.export import export_model
 from softclip.index import ImageIndex, build_index, index_texts
 from softclip.model import create_model
-from softclip.pretrained import save_pretrained
+from softclip.save import save_pretrained
 from softclip.tokenizer import Tokenizer
 from softclip.training.captions import caption_for
 from softclip.training.render import render_scene

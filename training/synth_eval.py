@@ -8,7 +8,7 @@ import numpy as np
 
 from softclip.encoder import Encoder, open_encoder
 from softclip.training import eval_sets
-from softclip.training.evaluate import embed_images, retrieval, topk_accuracy
+from softclip.training.metrics import embed_images, retrieval, topk_accuracy
 from softclip.zeroshot import label_embeddings
 
 

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from softclip.loss import LossConfig, SoftCLIPLoss
 from softclip.model import create_model
-from softclip.pretrained import from_pretrained, save_pretrained
+from softclip.pretrained import from_pretrained
+from softclip.save import save_pretrained
 from softclip.tokenizer import Tokenizer
 from softclip.training.data import SkipLog
 from softclip.training.datasets import open_dataset, sample_texts
