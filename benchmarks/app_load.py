@@ -45,7 +45,8 @@ import faiss
 import httpx
 import numpy as np
 
-from softclip.app.app import AppState, Limits, build_blocks, serve
+from softclip.app.app import AppState, build_blocks, serve
+from softclip.app.requests import Limits
 from softclip.app.thumbnails import ThumbnailFiles
 
 QUERIES = [

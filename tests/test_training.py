@@ -211,3 +211,16 @@ def test_captions_without_regions_train_with_image_text_guidance(tmp_path: Path,
     loss = json.loads((out / "train_config.json").read_text())["loss"]
     assert loss["guidance"] == "image_text" and loss["roi_tag_align"] == 0.0
     assert {"soft", "relation"} <= set([r for r in records(out) if "loss" in r][-1])
+
+
+def test_train_options_left_out_keep_the_configs_defaults() -> None:
+    from softclip.cli import build_parser
+    from softclip.cli.train import train_config
+    from softclip.loss import LossConfig
+    from softclip.training.trainer import TrainConfig
+
+    assert train_config(build_parser().parse_args(["train"])) == TrainConfig()
+    argv = ["train", "--loss", "clip", "--tokenizer", "vocab/", "--no-eval", "--no-detach-targets", "--lr", "1e-5"]
+    config = train_config(build_parser().parse_args(argv))
+    loss = LossConfig(variant="clip", detach_targets=False)
+    assert config == TrainConfig(loss=loss, init_tokenizer="vocab/", evaluate=False, lr=1e-5)
