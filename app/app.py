@@ -32,8 +32,8 @@ from softclip.app.requests import (
     Limits,
     UserError,
     check_k,
+    check_labels,
     check_text,
-    parse_labels,
     shown_to_user,
     uploaded_image,
 )
@@ -138,7 +138,7 @@ class AppState:
     @shown_to_user
     def label(self, upload: dict | None, labels_text: str) -> dict[str, float]:
         """Zero-shot probabilities of the comma-separated labels for an uploaded image, as {label: probability}."""
-        labels = parse_labels(labels_text, self.limits)
+        labels = check_labels(labels_text, self.limits)
         image = uploaded_image(upload, self.limits)
         scores = zero_shot_label([image], labels, model=self.encoder, top_k=len(labels))[0]
         return {score.label: score.probability for score in scores}

@@ -16,6 +16,7 @@ from PIL import Image
 from softclip.app.uploads import header_size, read_upload
 from softclip.index import ImageDecodeError
 from softclip.index.decode import decode_bytes
+from softclip.zeroshot import parse_labels
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +100,11 @@ def check_k(k: float | int | str | None, limits: Limits) -> int:
     return int(number)
 
 
-def parse_labels(text: str | None, limits: Limits) -> list[str]:
-    """'cat, dog,, cat' -> ['cat', 'dog']: stripped, repeats dropped, within the count and length limits."""
+def check_labels(text: str | None, limits: Limits) -> list[str]:
+    """'cat, dog,, cat' -> ['cat', 'dog'] (``parse_labels``), within the count and length limits."""
     if text is not None and not isinstance(text, str):
         raise UserError(f"The labels must be text, got {type(text).__name__}.")
-    labels = list(dict.fromkeys(part.strip() for part in (text or "").split(",") if part.strip()))
+    labels = parse_labels(text or "")
     if not labels:
         raise UserError("Enter at least one label, e.g. 'cat, dog, car' (labels are separated by commas).")
     if len(labels) > limits.max_labels:

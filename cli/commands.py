@@ -34,7 +34,7 @@ def _label(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def run(args: argparse.Namespace) -> int:
-        labels = parse_labels(args.labels)
+        labels = labels_option(args.labels)
         if args.out:
             return label_folder_to_csv(args, labels)
         from softclip.export import encoder_for
@@ -283,7 +283,7 @@ def _explain(parser: argparse.ArgumentParser) -> None:
         from softclip.explain import explain_panel
         from softclip.pretrained import from_pretrained
 
-        words = parse_labels(args.words) if args.words else None
+        words = labels_option(args.words, "--words") if args.words else None
         explain_panel(from_pretrained(args.model), args.image, args.caption, words).save(args.out)
         print(args.out)
         return 0
@@ -337,9 +337,11 @@ def _demo(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
-def parse_labels(text: str) -> list[str]:
-    """'cat, dog,,car' -> ['cat', 'dog', 'car'], with a clear error when nothing is left."""
-    labels = [part.strip() for part in text.split(",") if part.strip()]
+def labels_option(text: str, option: str = "--labels") -> list[str]:
+    """The labels (or words) of a comma-separated option, with a clear error when none is left."""
+    from softclip.zeroshot import parse_labels
+
+    labels = parse_labels(text)
     if not labels:
-        raise SystemExit("softclip: --labels needs at least one comma-separated label")
+        raise SystemExit(f"softclip: {option} needs at least one comma-separated label")
     return labels

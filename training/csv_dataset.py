@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from softclip.config import MAX_ROIS, ROI_DIM
 from softclip.training.data import (
     SkipLog,
     SkippingDataset,
@@ -40,8 +41,8 @@ class CsvDataset(SkippingDataset):
         roi_column: str | None = None,
         tags_column: str | None = None,
         root: str | Path | None = None,
-        max_rois: int = 10,
-        roi_dim: int = 2052,
+        max_rois: int = MAX_ROIS,
+        roi_dim: int = ROI_DIM,
     ):
         self.path = Path(path)
         self.root = Path(root) if root is not None else self.path.parent

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from softclip.config import MAX_ROIS, ROI_DIM
 from softclip.training.sample import Sample
 from softclip.transform import load_image
 
@@ -75,7 +76,7 @@ class SkipLog:
         self.examples.clear()
 
 
-def pad_rois(features: np.ndarray, max_rois: int = 10, roi_dim: int = 2052) -> tuple[np.ndarray, np.ndarray]:
+def pad_rois(features: np.ndarray, max_rois: int = MAX_ROIS, roi_dim: int = ROI_DIM) -> tuple[np.ndarray, np.ndarray]:
     """(K, roi_dim) regions -> (rois float32 [max_rois, roi_dim], mask bool [max_rois]).
 
     Regions past `max_rois` are dropped: readers list them in order of detector confidence.

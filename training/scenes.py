@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from softclip.config import MAX_ROIS, ROI_DIM
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring", "hexagon")
 # Saturated colours, at least 80 apart (RGB distance) from each other and from every background pixel.
 COLOURS = {
@@ -64,8 +66,8 @@ class SynthConfig:
     detector_mislabel: float = 0.05  # chance that a detected object gets one wrong attribute (tag and feature)
     roi_noise: float = 0.5  # std of the Gaussian noise on ROI appearance features (the clean part has std 1)
     max_objects: int = 4
-    max_rois: int = 10
-    roi_dim: int = 2052  # appearance (roi_dim - 4) + box (4)
+    max_rois: int = MAX_ROIS
+    roi_dim: int = ROI_DIM  # appearance (roi_dim - 4) + box (4)
     split: str = "train"
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from torch.utils.data import IterableDataset
 
+from softclip.config import MAX_ROIS, ROI_DIM
 from softclip.training.data import (
     SkipLog,
     SkippingDataset,
@@ -36,7 +37,7 @@ def expand_shards(urls: str | Iterable[str]) -> list[str]:
     return shards
 
 
-def decode_webdataset_sample(raw: dict, max_rois: int = 10, roi_dim: int = 2052) -> Sample:
+def decode_webdataset_sample(raw: dict, max_rois: int = MAX_ROIS, roi_dim: int = ROI_DIM) -> Sample:
     """A Sample from the members of one WebDataset sample (``{"__key__": ..., "jpg": bytes, "txt": ...}``).
 
     The image is the first of IMAGE_EXTENSIONS present; the caption is ``txt``, else ``json["caption"]``;
@@ -94,8 +95,8 @@ class WebDatasetShards(IterableDataset):
         seed: int = 0,
         rank: int | None = None,
         world: int | None = None,
-        max_rois: int = 10,
-        roi_dim: int = 2052,
+        max_rois: int = MAX_ROIS,
+        roi_dim: int = ROI_DIM,
     ):
         self.shards = expand_shards(urls)
         self.shuffle, self.shuffle_shards, self.seed, self.epoch = shuffle, shuffle_shards, seed, 0
@@ -169,7 +170,7 @@ class IndexedShards(SkippingDataset):
     members of a broken shard that were indexed before the break stay readable.
     """
 
-    def __init__(self, urls: str | Iterable[str], *, max_rois: int = 10, roi_dim: int = 2052):
+    def __init__(self, urls: str | Iterable[str], *, max_rois: int = MAX_ROIS, roi_dim: int = ROI_DIM):
         self.shards = expand_shards(urls)
         self.max_rois, self.roi_dim = max_rois, roi_dim
         self.skipped = SkipLog()

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from softclip.config import MAX_ROIS
 from softclip.training.data import (
     SkipLog,
     SkippingDataset,
@@ -574,7 +575,7 @@ class VinvlDataset(SkippingDataset):
         caption_column: str = "caption",
         separator: str | None = None,
         root: str | Path | None = None,
-        max_rois: int = 10,
+        max_rois: int = MAX_ROIS,
         roi_dim: int = APPEARANCE_DIM + 4,
         attribute_threshold: float = ATTRIBUTE_THRESHOLD,
     ):
