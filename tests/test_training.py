@@ -16,7 +16,9 @@ from softclip.cli import main
 from softclip.config import load_config
 from softclip.loss import LossConfig
 from softclip.pretrained import from_pretrained
-from softclip.training.trainer import TrainConfig, Trainer, latest_checkpoint, warmup_cosine
+from softclip.training.checkpoints import latest_checkpoint
+from softclip.training.optimiser import warmup_cosine
+from softclip.training.trainer import TrainConfig, Trainer
 
 TINY = ["--steps", "2", "--batch-size", "8", "--synth-size", "32", "--workers", "0", "--no-eval"]
 VARIANT_TERMS = {
@@ -157,7 +159,7 @@ def test_trains_from_files_written_by_synth(tmp_path: Path, fmt: str, capsys) ->
 
 def test_trimmed_padding_gives_the_same_text_embeddings() -> None:
     from softclip import create_model
-    from softclip.training.trainer import trim_padding
+    from softclip.training.batches import trim_padding
 
     model = create_model("tiny-vit").eval()
     ids = model.tokenizer(["a red circle", "two blue squares"], 32)
