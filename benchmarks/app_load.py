@@ -45,8 +45,9 @@ import faiss
 import httpx
 import numpy as np
 
-from softclip.app.app import AppState, build_blocks, serve
+from softclip.app.app import build_blocks, serve
 from softclip.app.requests import Limits
+from softclip.app.state import AppState
 from softclip.app.thumbnails import ThumbnailFiles
 
 QUERIES = [

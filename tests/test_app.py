@@ -30,9 +30,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from softclip.app.app import DESCRIBE_K, AppState, build_app, build_blocks, demo_from_environment, parse_auth, serve
+from softclip.app.app import build_app, build_blocks, demo_from_environment, parse_auth, serve
 from softclip.app.requests import Limits
 from softclip.app.results import HEATMAP_SIDE, escape_markdown, shown_path, word_heatmaps
+from softclip.app.state import DESCRIBE_K, AppState
 from softclip.export import export_model
 from softclip.index import ImageIndex, build_index, index_texts
 from softclip.model import create_model

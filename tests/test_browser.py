@@ -17,8 +17,8 @@ from urllib.parse import urlparse
 import pytest
 from test_app import AppData, prepare_app_data, start
 
-from softclip.app.app import AppState
 from softclip.app.requests import Limits
+from softclip.app.state import AppState
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
