@@ -33,8 +33,6 @@ _BACKGROUND_TEMPLATES = (
     "a picture of {objs}, {bg} background.",
 )
 
-# ------------------------------------------------------------------------------------------------ captions
-
 
 @dataclass(frozen=True)
 class _Mention:

@@ -19,7 +19,6 @@ from softclip.training.scenes import (
 
 DETECTOR_SEED = 2052  # one fixed detector for every split and every dataset seed
 
-# ------------------------------------------------------------------------------------------------ detector
 
 _ATTRIBUTE_INDEX = {
     **{("shape", s): i for i, s in enumerate(SHAPES)},

@@ -32,8 +32,6 @@ ZEROSHOT_TEMPLATES = (
 # Independent random streams of one sample, so e.g. changing the caption noise keeps the scenes.
 _STREAM_SHAPES, _STREAM_COLOUR_SHAPE, _STREAM_POINTING = 10, 11, 12
 
-# ---------------------------------------------------------------------------------------- evaluation sets
-
 
 @dataclass
 class ZeroShotSet:

@@ -18,8 +18,6 @@ from softclip.training.scenes import (
 
 _SUPERSAMPLE = 3  # objects are drawn at 3x and box-filtered down: anti-aliased edges
 
-# ---------------------------------------------------------------------------------------------- rendering
-
 
 def _regular_polygon(corners: int, outer: float, inner: float | None = None) -> np.ndarray:
     """Points in the unit square, first corner at the top; `inner` alternates radii (a star)."""
