@@ -199,7 +199,7 @@ def serve(
         pwa=False,
         quiet=True,  # Gradio's own banner suggests share=True, which this app never uses
     )
-    if block:
+    if block and demo.local_url:  # no URL: reload mode re-running this file, where launch does nothing
         print(f"softclip app running at {demo.local_url}  (Ctrl-C to stop)", flush=True)
         demo.block_thread()
     return demo
