@@ -161,11 +161,14 @@ def decode_file(
     preprocess: Preprocess,
     max_megapixels: float,
     min_side: int | None = None,
-    reader: Reader = read_file,
+    reader: Reader | None = None,
 ) -> DecodedFile:
-    """Read, hash, decode and preprocess one file; any failure is recorded in the result (see ``decode_bytes``)."""
+    """Read, hash, decode and preprocess one file; any failure is recorded in the result (see ``decode_bytes``).
+
+    ``reader`` reads the file (default: ``read_file``, from the local filesystem).
+    """
     try:
-        data, read = reader(file.path)
+        data, read = (reader or read_file)(file.path)
     except OSError as error:
         return DecodedFile(file, error=_io_reason(error), vanished=isinstance(error, FileNotFoundError))
     result = DecodedFile(read, content_hash=content_hash(data))
