@@ -4,7 +4,8 @@ regions of an image each word of a caption points at.
 Search, image-to-text lookup and labels run on the ONNX export the index was built with; heatmaps run
 Grad-CAM on the torch checkpoint. Both load once, when the app is built (``build_app``). The app listens
 on 127.0.0.1 unless told otherwise, never opens a share link and sends no analytics. It serves no file from
-disk: results are thumbnails it renders from the paths the index stores into Gradio's cache folder, so
+disk: results are thumbnails it renders from the paths the index stores (kept in the index folder's
+``thumbnails/``, ``softclip.app.thumbnails``) and copies into Gradio's cache folder, so
 ``allowed_paths`` stays empty and only Gradio's own upload and cache folders are reachable over HTTP. An
 image reaches the models only as an upload Gradio received (``softclip.app.uploads``) or as an item of the
 index, and the browser sees indexed paths only relative to the indexed folder.
@@ -45,7 +46,7 @@ import torch  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from softclip.app.thumbnails import ThumbnailFiles  # noqa: E402
+from softclip.app.thumbnails import ThumbnailFiles, thumbnail_store  # noqa: E402
 from softclip.app.uploads import header_size, read_upload  # noqa: E402
 from softclip.encoder import Encoder, state_dict_id  # noqa: E402
 from softclip.explain import STOP_WORDS, WordHeatmap, explain, overlay  # noqa: E402
@@ -289,7 +290,8 @@ class AppState:
 
     def __post_init__(self) -> None:
         folder = os.path.join(get_upload_folder(), "softclip-thumbnails")  # Gradio serves its own folder only
-        self.thumbnails = ThumbnailFiles(folder, THUMBNAIL_SIDE, self.limits.max_megapixels)
+        store = thumbnail_store(self.index.path, folder)
+        self.thumbnails = ThumbnailFiles(store, folder, THUMBNAIL_SIDE, self.limits.max_megapixels)
 
     @classmethod
     def load(
