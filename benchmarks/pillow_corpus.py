@@ -87,6 +87,7 @@ def reference_loadable(files: list[Path]) -> dict[Path, str]:
             if answer is None:
                 process.kill()
                 break
+        process.stdin.close()  # the end of the list: the reference process exits
         process.wait()
     return results
 
