@@ -67,7 +67,8 @@ def export(checkpoint: Path, config: DemoConfig) -> Path:
 
 def render_gallery(config: DemoConfig) -> tuple[Path, Path]:
     """2,000 test scenes as PNG files, and a text file of their captions and detector tags."""
-    from softclip.training.synthetic import SynthConfig, SynthScenes
+    from softclip.training.scenes import SynthConfig
+    from softclip.training.synthetic import SynthScenes
 
     gallery, texts = config.folder / "gallery", config.folder / "texts.txt"
     if texts.is_file():
@@ -87,10 +88,9 @@ def render_gallery(config: DemoConfig) -> tuple[Path, Path]:
     return gallery, texts
 
 
-def build_index(export_dir: Path, gallery: Path, texts: Path, config: DemoConfig) -> Path:
+def index_gallery(export_dir: Path, gallery: Path, texts: Path, config: DemoConfig) -> Path:
     from softclip.export import OnnxEncoder
-    from softclip.index import build_index as index_folder
-    from softclip.index import format_report, index_texts
+    from softclip.index import build_index, format_report, index_texts
 
     index = config.folder / "index"
     done = index / "demo-complete"
@@ -98,7 +98,7 @@ def build_index(export_dir: Path, gallery: Path, texts: Path, config: DemoConfig
         return index
     print("indexing the gallery and its texts")
     encoder = OnnxEncoder(export_dir)
-    print(format_report(index_folder(gallery, encoder, index)))
+    print(format_report(build_index(gallery, encoder, index)))
     index_texts(index, texts.read_text().splitlines(), encoder)
     done.write_text("ok\n")
     return index
@@ -142,7 +142,7 @@ def build(config: DemoConfig) -> dict[str, Path]:
     checkpoint = train_model(config)
     export_dir = export(checkpoint, config)
     gallery, texts = render_gallery(config)
-    index = build_index(export_dir, gallery, texts, config)
+    index = index_gallery(export_dir, gallery, texts, config)
     metrics = measure(checkpoint, config)
     summary = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("colour_shape_top1", "i2t_r1", "pointing") if k in metrics)
     print(f"demo model: {summary}")

@@ -45,7 +45,9 @@ import faiss
 import httpx
 import numpy as np
 
-from softclip.app.app import AppState, Limits, build_blocks, serve
+from softclip.app.app import build_blocks, serve
+from softclip.app.requests import Limits
+from softclip.app.state import AppState
 from softclip.app.thumbnails import ThumbnailFiles
 
 QUERIES = [
@@ -63,9 +65,11 @@ def build_fixture(folder: Path, scenes: int) -> tuple[Path, Path]:
     from softclip.export import OnnxEncoder, export_model
     from softclip.index import build_index
     from softclip.model import create_model
-    from softclip.pretrained import save_pretrained
+    from softclip.save import save_pretrained
     from softclip.tokenizer import Tokenizer
-    from softclip.training.synthetic import caption_for, render_scene, sample_scene
+    from softclip.training.captions import caption_for
+    from softclip.training.render import render_scene
+    from softclip.training.scenes import sample_scene
 
     rng = np.random.default_rng(0)
     (folder / "photos").mkdir(parents=True)

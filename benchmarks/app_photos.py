@@ -164,7 +164,8 @@ def app_process(index: Path, checkpoint: Path) -> Iterator[str]:
 
 
 def serve_until_stopped(index: Path, checkpoint: Path, port: int) -> None:
-    from softclip.app.app import AppState, build_blocks, serve
+    from softclip.app.app import build_blocks, serve
+    from softclip.app.state import AppState
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     state = AppState.load(index, checkpoint)
@@ -200,7 +201,7 @@ def seconds_to_results(url: str, queries: list[str], k: int) -> list[float]:
 
 def make_every_thumbnail(index: Path, photos: list[Path]) -> float:
     """Seconds to make the kept thumbnails still missing (what warming the whole cache costs)."""
-    from softclip.app.app import THUMBNAIL_SIDE
+    from softclip.app.state import THUMBNAIL_SIDE
     from softclip.app.thumbnails import ThumbnailFiles
     from softclip.index.decode import DEFAULT_MAX_MEGAPIXELS, default_workers
 

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from softclip.index.decode import decode_bytes, decode_in_process, decode_with_pillow
+from softclip.index.decode import decode_bytes, decode_in_process, decode_with_pillow, shared_pool
 from softclip.index.formats import register_plugins
-from softclip.index.isolated import shared_pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_index_formats import gradient_dng  # noqa: E402  (the DNG writer the tests use)

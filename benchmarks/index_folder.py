@@ -37,7 +37,9 @@ from softclip.index import build_index
 from softclip.index.decode import DEFAULT_MAX_MEGAPIXELS, decode_file, default_workers, draft_side
 from softclip.index.scan import scan_folder
 from softclip.model import create_model
-from softclip.training.synthetic import SynthConfig, SynthScenes, render_scene
+from softclip.training.render import render_scene
+from softclip.training.scenes import SynthConfig
+from softclip.training.synthetic import SynthScenes
 
 JPEG_QUALITY = 90
 EXIF_ORIENTATION = 0x0112

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from softclip.index import build_index
-from softclip.index.isolated import shared_pool
+from softclip.index.decode import shared_pool
 
 REFERENCE_SECONDS = 20.0
 REFERENCE_MEMORY = 4 << 30

@@ -134,7 +134,7 @@ def exact_ids(
     for entry, ids in zip(built, found):
         if entry.factory == "Flat":
             return ids
-    flat = faiss_index.build_index(database, np.arange(len(database), dtype=np.int64))
+    flat = faiss_index.build_faiss_index(database, np.arange(len(database), dtype=np.int64))
     return faiss_index.search(flat, queries, k)[1]
 
 

@@ -6,7 +6,7 @@ through the encoder protocol; ``verify_parity`` measures how closely one encoder
 
 from softclip.export.exporter import DEFAULT_OPSET, export_model
 from softclip.export.folder import EXPORT_FILES, ExportError
-from softclip.export.onnx_encoder import OnnxEncoder, default_providers
+from softclip.export.onnx_encoder import OnnxEncoder, default_providers, encoder_for
 from softclip.export.parity import ParityError, ParityReport, check_parity, parity_samples, verify_parity
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ParityReport",
     "check_parity",
     "default_providers",
+    "encoder_for",
     "export_model",
     "parity_samples",
     "verify_parity",

@@ -1,4 +1,4 @@
-"""``OnnxEncoder``: the encoder protocol over an export folder, on ONNX Runtime.
+"""``OnnxEncoder``: the encoder protocol over an export folder, on ONNX Runtime; ``encoder_for`` opens any model.
 
 CUDA is asked for only when ONNX Runtime offers it and an NVIDIA device is present, so a CPU machine
 runs quietly on the CPU provider. Sessions log errors only.
@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
 
+from softclip.encoder import Encoder, is_export_dir, open_encoder
 from softclip.export.folder import (
     IMAGE_GRAPH,
     IMAGE_INPUT,
@@ -158,3 +160,10 @@ class OnnxEncoder:
 
     def __repr__(self) -> str:
         return f"OnnxEncoder({str(self.folder)!r}, precision={self.info['precision']!r}, providers={self.providers})"
+
+
+def encoder_for(source: str | Path | torch.nn.Module | Encoder) -> Encoder:
+    """An encoder from an ONNX export folder, or from whatever `softclip.encoder.open_encoder` opens."""
+    if isinstance(source, (str, Path)) and is_export_dir(source):
+        return OnnxEncoder(source)
+    return open_encoder(source)

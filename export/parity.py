@@ -45,7 +45,7 @@ TOLERANCES = {
     "int8": Tolerance(min_mean_cosine=0.99, min_cosine=0.98),
 }
 
-COLOURS = {
+PARITY_COLOURS = {
     "red": (220, 30, 30),
     "green": (30, 170, 60),
     "blue": (40, 70, 220),
@@ -55,8 +55,8 @@ COLOURS = {
     "purple": (130, 50, 170),
     "orange": (250, 140, 20),
 }
-SHAPES = ("circle", "square", "triangle", "stripes")
-SIZES = ((96, 96), (128, 80), (70, 110), (64, 64), (150, 100))  # non-square ones exercise the centre crop
+PARITY_SHAPES = ("circle", "square", "triangle", "stripes")
+PARITY_SIZES = ((96, 96), (128, 80), (70, 110), (64, 64), (150, 100))  # non-square ones exercise the centre crop
 
 
 class ParityError(ExportError):
@@ -112,11 +112,11 @@ class ParityReport:
 def draw_scene(shape: str, colour: str, background: str, size: tuple[int, int]) -> Image.Image:
     """One RGB image: a ``colour`` ``shape`` filling the middle of a ``background`` canvas of ``size``."""
     width, height = size
-    image = Image.new("RGB", size, COLOURS[background])
+    image = Image.new("RGB", size, PARITY_COLOURS[background])
     draw = ImageDraw.Draw(image)
     side = min(width, height) * 0.35
     box = (width / 2 - side, height / 2 - side, width / 2 + side, height / 2 + side)
-    fill = COLOURS[colour]
+    fill = PARITY_COLOURS[colour]
     if shape == "circle":
         draw.ellipse(box, fill=fill)
     elif shape == "square":
@@ -134,9 +134,9 @@ def parity_samples(count: int = 8, seed: int = 0) -> tuple[list[Image.Image], li
     rng = random.Random(seed)
     images, captions = [], []
     for index in range(count):
-        shape = SHAPES[index % len(SHAPES)]
-        colour, background = rng.sample(sorted(COLOURS), 2)
-        images.append(draw_scene(shape, colour, background, SIZES[index % len(SIZES)]))
+        shape = PARITY_SHAPES[index % len(PARITY_SHAPES)]
+        colour, background = rng.sample(sorted(PARITY_COLOURS), 2)
+        images.append(draw_scene(shape, colour, background, PARITY_SIZES[index % len(PARITY_SIZES)]))
         captions.append(f"a {colour} {shape} on a {background} background")
     return images, captions
 

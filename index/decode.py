@@ -11,6 +11,7 @@ pickle every pixel array back) and yields results in input order while the calle
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import io
@@ -30,7 +31,7 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from softclip.index.formats import is_raw_name, register_plugins
-from softclip.index.isolated import ChildDecodeError, shared_pool
+from softclip.index.isolated import ChildDecodeError, DecoderPool
 from softclip.index.scan import ScannedFile
 from softclip.transform import load_image
 
@@ -151,6 +152,19 @@ def decode_bytes(
 def decodes_in_process(data: bytes, name: str) -> bool:
     """True for the common formats whose decoders Pillow ships and fuzzes (not for a RAW file name)."""
     return _known_format(data) in IN_PROCESS_FORMATS and not is_raw_name(name)
+
+
+@functools.cache
+def shared_pool() -> DecoderPool:
+    """The process's child decoders (``decode_bytes`` sends them what it does not decode itself), stopped at exit."""
+    pool = DecoderPool(decode_in_child)
+    atexit.register(pool.close)
+    return pool
+
+
+def decode_in_child(data: bytes, name: str, max_megapixels: float, min_side: int | None) -> Image.Image:
+    """What a child decoder runs: ``decode_in_process``, shrunk to what ``min_side`` needs before it is sent back."""
+    return shrink(decode_in_process(data, name, max_megapixels, min_side), min_side)
 
 
 def decode_in_process(

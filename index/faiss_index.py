@@ -53,7 +53,7 @@ def _skip_polysemous_training(index: faiss.Index) -> None:
                 part.do_polysemous_training = False
 
 
-def build_index(
+def build_faiss_index(
     vectors: np.ndarray, ids: np.ndarray, factory: str | None = None, train_sample: int = TRAIN_SAMPLE, seed: int = 0
 ) -> faiss.Index:
     """An index holding ``vectors`` [N, D] under ``ids`` [N], trained first when the factory needs it."""

@@ -5,7 +5,7 @@ A crash in such a decoder (a segfault, an abort) would take the whole process do
 decompression bomb that slips past the header check would exhaust the machine's memory. In a child each is
 bounded: an answer later than ``DECODE_SECONDS`` gets the child killed, the child's address space may grow by
 at most ``DECODE_MEMORY_BYTES`` over what it maps at start (``RLIMIT_AS``, on Linux), so a bomb fails there with
-``MemoryError``, and a crash costs only that child. Each of these becomes an ``ImageDecodeError`` naming the file.
+``MemoryError``, and a crash costs only that child. Each of these becomes a ``ChildDecodeError`` with a reason.
 
 Children are spawned (safe beside the caller's threads), started on first need, reused file after file and
 replaced when one dies, so the cost of starting one (importing the decoders) is paid once per worker.
@@ -13,7 +13,6 @@ replaced when one dies, so the cost of starting one (importing the decoders) is 
 
 from __future__ import annotations
 
-import atexit
 import functools
 import multiprocessing
 import signal
@@ -44,7 +43,7 @@ class ChildDecoder:
     """One child process that decodes images sent to it, one at a time."""
 
     def __init__(
-        self, decode: Decode | None = None, seconds: float = DECODE_SECONDS, memory_bytes: int = DECODE_MEMORY_BYTES
+        self, decode: Decode, seconds: float = DECODE_SECONDS, memory_bytes: int = DECODE_MEMORY_BYTES
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.seconds = seconds
@@ -61,7 +60,7 @@ class ChildDecoder:
         return self._process.is_alive()
 
     def decode(self, data: bytes, name: str, max_megapixels: float, min_side: int | None) -> Image.Image:
-        """The upright RGB image of ``data`` (see ``decode.decode_in_process``), else ``ChildDecodeError``."""
+        """What the child's ``decode`` makes of ``data`` (an RGB image), else ``ChildDecodeError``."""
         try:
             self._connection.send((data, name, max_megapixels, min_side))
         except OSError:
@@ -94,10 +93,13 @@ class ChildDecoder:
 
 
 class DecoderPool:
-    """Child decoders shared by threads: each call borrows an idle child or starts one, and gives it back."""
+    """Child decoders shared by threads: each call borrows an idle child or starts one, and gives it back.
+
+    ``decode`` runs in the children, so it must be importable by name (a module-level function).
+    """
 
     def __init__(
-        self, decode: Decode | None = None, seconds: float = DECODE_SECONDS, memory_bytes: int = DECODE_MEMORY_BYTES
+        self, decode: Decode, seconds: float = DECODE_SECONDS, memory_bytes: int = DECODE_MEMORY_BYTES
     ) -> None:
         self._start = functools.partial(ChildDecoder, decode, seconds, memory_bytes)
         self._idle: list[ChildDecoder] = []
@@ -125,14 +127,6 @@ class DecoderPool:
             child.close()
 
 
-@functools.cache
-def shared_pool() -> DecoderPool:
-    """The process's pool of child decoders, stopped at exit."""
-    pool = DecoderPool()
-    atexit.register(pool.close)
-    return pool
-
-
 def exit_reason(code: int | None) -> str:
     """'killed by SIGSEGV', 'exit code 3': how a child process ended."""
     if code is None:
@@ -148,13 +142,8 @@ def exit_reason(code: int | None) -> str:
 # ---- in the child ----------------------------------------------------------------------------------------------------
 
 
-def serve(connection: Connection, decode: Decode | None, memory_bytes: int) -> None:
+def serve(connection: Connection, decode: Decode, memory_bytes: int) -> None:
     """The child's loop: answer ``("ok", (mode, size, pixels))`` or ``("error", reason)`` to each request."""
-    if decode is None:
-        from softclip.index.decode import decode_in_process as decode
-        from softclip.index.formats import register_plugins
-
-        register_plugins()
     limit_memory(memory_bytes)
     connection.send(("ready", None))
     while True:
@@ -166,17 +155,14 @@ def serve(connection: Connection, decode: Decode | None, memory_bytes: int) -> N
 
 
 def answer(decode: Decode, data: bytes, name: str, max_megapixels: float, min_side: int | None, memory: int) -> tuple:
-    from softclip.index.decode import ImageDecodeError, shrink
-
+    """One request's answer; an error that carries a ``reason`` (``ImageDecodeError``) answers with it."""
     try:
-        image = shrink(decode(data, name, max_megapixels, min_side), min_side)
+        image = decode(data, name, max_megapixels, min_side)
         return "ok", (image.mode, image.size, image.tobytes())
-    except ImageDecodeError as error:
-        return "error", error.reason
     except MemoryError:
         return "error", f"out of memory: decoding needs more than the {memory / 2**30:g} GiB a decoder may use"
     except Exception as error:  # a plugin can raise nearly anything on hostile input
-        return "error", f"cannot decode: {type(error).__name__}: {error}"
+        return "error", getattr(error, "reason", None) or f"cannot decode: {type(error).__name__}: {error}"
 
 
 def limit_memory(extra_bytes: int) -> None:

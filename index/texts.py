@@ -49,7 +49,7 @@ def index_texts(
     folder = Path(index_dir) / TEXTS_DIR
     folder.mkdir(exist_ok=True)
     faiss_name = f"texts-{_digest(kept, info.model_id)}.faiss"
-    index = faiss_index.build_index(embeddings, np.arange(len(kept), dtype=np.int64))
+    index = faiss_index.build_faiss_index(embeddings, np.arange(len(kept), dtype=np.int64))
     faiss_index.save_index(index, folder / faiss_name)
     description = {"model_id": info.model_id, "embed_dim": info.embed_dim, "faiss_file": faiss_name, "texts": kept}
     write_json_atomically(folder / TEXTS_JSON, description)

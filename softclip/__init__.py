@@ -4,7 +4,8 @@ from softclip.config import ModelConfig, list_presets, load_config
 from softclip.encoder import Encoder, TorchEncoder, open_encoder
 from softclip.loss import LossConfig, SoftCLIPLoss, softclip_loss
 from softclip.model import SoftCLIP, create_model
-from softclip.pretrained import from_pretrained, push_to_hub, save_pretrained
+from softclip.pretrained import from_pretrained
+from softclip.save import push_to_hub, save_pretrained
 from softclip.tokenizer import Tokenizer, tokenize
 from softclip.transform import PreprocessConfig, load_image
 from softclip.zeroshot import label

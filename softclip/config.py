@@ -42,6 +42,12 @@ class TextConfig:
     end_id: int = 2  # the end-of-text token id: the tower pools there (first occurrence), whatever the padding
 
 
+# The detector regions every SoftCLIP model and data source shares: up to MAX_ROIS regions per image, each
+# ROI_DIM = 2048 appearance features + 4 box coordinates (as VinVL gives them).
+MAX_ROIS = 10
+ROI_DIM = 2052
+
+
 @dataclass
 class ModelConfig:
     """A whole SoftCLIP dual encoder; written as ``config.json`` into every checkpoint."""
@@ -50,8 +56,8 @@ class ModelConfig:
     embed_dim: int = 512
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    roi_dim: int = 2052  # 2048 appearance + 4 box coordinates
-    max_rois: int = 10
+    roi_dim: int = ROI_DIM
+    max_rois: int = MAX_ROIS
     init_logit_scale: float = 2.659260036932778  # log(1 / 0.07)
 
     def to_dict(self) -> dict[str, Any]:

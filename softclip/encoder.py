@@ -1,7 +1,8 @@
 """The encoder protocol that labeling, indexing and the app embed with, and its torch implementation.
 
 Two implementations exist: `TorchEncoder` here (a checkpoint in memory) and `softclip.export.OnnxEncoder`
-(an ONNX export folder). Everything that embeds at scale takes any object following `Encoder`.
+(an ONNX export folder, opened by its caller: the core never imports ONNX Runtime). Everything that embeds
+at scale takes any object following `Encoder`.
 """
 
 from __future__ import annotations
@@ -92,15 +93,18 @@ def is_export_dir(path: str | Path) -> bool:
 
 
 def open_encoder(source: str | Path | torch.nn.Module | Encoder) -> Encoder:
-    """An encoder from a model, an encoder, a checkpoint folder / Hub id, or an ONNX export folder."""
+    """An encoder from a model, an encoder, or a checkpoint folder / Hub id.
+
+    An ONNX export folder needs ONNX Runtime, which the core never imports: open it with
+    `softclip.export.OnnxEncoder` (or `softclip.export.encoder_for`, which takes any of these) and pass that.
+    """
     if isinstance(source, torch.nn.Module):
         return TorchEncoder(source)
     if isinstance(source, (str, Path)):
         if is_export_dir(source):
-            # Imported here so that `import softclip` never loads onnxruntime.
-            from softclip.export import OnnxEncoder
-
-            return OnnxEncoder(source)
+            raise ValueError(
+                f"{source} is an ONNX export folder: pass softclip.export.OnnxEncoder({str(source)!r}) instead"
+            )
         from softclip.pretrained import from_pretrained
 
         return TorchEncoder(from_pretrained(source))

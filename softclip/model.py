@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from softclip.config import ModelConfig, TextConfig, VisionConfig, load_config
+from softclip.save import push_to_hub, save_pretrained
 from softclip.tokenizer import Tokenizer
 from softclip.transform import PreprocessConfig
 
@@ -398,14 +399,10 @@ class SoftCLIP(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write this model, its tokenizer and preprocessing as a checkpoint folder."""
-        from softclip.pretrained import save_pretrained
-
         return save_pretrained(self, folder)
 
     def push_to_hub(self, repo_id: str, **options) -> list[str]:
         """Upload this model's checkpoint folder to the Hugging Face Hub; returns the uploaded file names."""
-        from softclip.pretrained import push_to_hub
-
         return push_to_hub(self, repo_id, **options)
 
     def check_images(self, images: Tensor) -> None:

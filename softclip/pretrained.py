@@ -1,4 +1,4 @@
-"""Checkpoint folders: save, load (local or from the Hugging Face Hub) and push.
+"""Loading checkpoint folders, locally or from the Hugging Face Hub (`softclip.save` writes and pushes them).
 
 A checkpoint folder holds `config.json` (architecture), `model.safetensors` (weights, never pickle),
 `tokenizer.json` (with `tokenizer_settings.json` for CLIP-style tokenizers) and `preprocess.json`.
@@ -9,12 +9,11 @@ open_clip and OpenAI files, locally or from the Hub): see `softclip.clip_sources
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 
 from softclip.config import ModelConfig
 from softclip.tokenizer import Tokenizer
@@ -25,18 +24,6 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "prepr
 
 class CheckpointError(ValueError):
     """A checkpoint folder that is missing a file or holds a corrupt one."""
-
-
-def save_pretrained(model: torch.nn.Module, folder: str | Path) -> Path:
-    """Write `model` (with its tokenizer and preprocessing) as a checkpoint folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.save(folder / "config.json")
-    # save_model handles the tensors the ROI path shares with the image tower.
-    save_model(model, str(folder / "model.safetensors"))
-    model.tokenizer.save(folder / "tokenizer.json")
-    model.preprocess_config.save(folder / "preprocess.json")
-    return folder
 
 
 def from_pretrained(
@@ -120,22 +107,3 @@ def _download(repo_id: str, cache_dir: str | Path | None) -> Path:
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise CheckpointError(f"could not find {repo_id} locally, in the Hub cache or on the Hub: {error}") from error
     raise CheckpointError(f"the Hub repo {repo_id} has none of the weight files {', '.join(weights)}")
-
-
-def push_to_hub(
-    model: torch.nn.Module,
-    repo_id: str,
-    *,
-    private: bool = False,
-    commit_message: str = "Upload softclip model",
-    api=None,
-) -> list[str]:
-    """Upload the checkpoint folder of `model` to the Hub; returns the file names uploaded."""
-    from huggingface_hub import HfApi
-
-    api = api or HfApi()
-    with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message=commit_message)
-        return sorted(p.name for p in Path(tmp).iterdir())

@@ -32,6 +32,11 @@ class LabelScore:
     probability: float
 
 
+def parse_labels(text: str) -> list[str]:
+    """'cat, dog,, cat' -> ['cat', 'dog']: comma-separated, stripped, empty parts and repeats dropped."""
+    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
 def label_embeddings(encoder: Encoder, labels: list[str], templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> np.ndarray:
     """[len(labels), D]: each label embedded with every template, averaged and re-normalised (cached)."""
     key = (encoder.model_id, tuple(labels), tuple(templates))

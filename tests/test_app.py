@@ -14,6 +14,8 @@ import os
 import re
 import socket
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -28,26 +30,18 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from softclip.app.app import (
-    DESCRIBE_K,
-    HEATMAP_SIDE,
-    AppState,
-    Limits,
-    build_app,
-    build_blocks,
-    demo_from_environment,
-    escape_markdown,
-    parse_auth,
-    serve,
-    shown_path,
-    word_heatmaps,
-)
+from softclip.app.app import build_app, build_blocks, demo_from_environment, parse_auth, serve
+from softclip.app.requests import Limits
+from softclip.app.results import HEATMAP_SIDE, escape_markdown, shown_path, word_heatmaps
+from softclip.app.state import DESCRIBE_K, AppState
 from softclip.export import export_model
 from softclip.index import ImageIndex, build_index, index_texts
 from softclip.model import create_model
-from softclip.pretrained import save_pretrained
+from softclip.save import save_pretrained
 from softclip.tokenizer import Tokenizer
-from softclip.training.synthetic import caption_for, render_scene, sample_scene
+from softclip.training.captions import caption_for
+from softclip.training.render import render_scene
+from softclip.training.scenes import sample_scene
 from softclip.transform import PreprocessConfig
 
 SCENES = 12
@@ -420,10 +414,21 @@ def test_the_module_demo_comes_from_the_environment(data: AppData, monkeypatch: 
     assert {"search_text", "search_image", "label", "explain"} <= api_names
 
 
-def test_importing_the_app_sets_up_a_quiet_environment() -> None:
+def test_loading_the_app_quiets_the_environment(data: AppData, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GRADIO_ANALYTICS_ENABLED", "ORT_DISABLE_TELEMETRY", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    AppState.load(data.index, data.checkpoint).index.close()
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert os.environ["ORT_DISABLE_TELEMETRY"] == "1"
     assert {"127.0.0.1", "localhost"} <= set(os.environ["NO_PROXY"].split(","))
+
+
+def test_importing_the_app_does_nothing_but_define_things() -> None:
+    script = (
+        "import os, sys; before = dict(os.environ); import softclip.app.app as app; "
+        "sys.exit(0 if dict(os.environ) == before and not hasattr(app, 'demo') else 1)"
+    )
+    assert subprocess.run([sys.executable, "-c", script], timeout=120).returncode == 0
 
 
 def test_a_caption_longer_than_the_model_reads_says_what_is_cut(state: AppState, data: AppData) -> None:

@@ -13,7 +13,7 @@ from test_app import AppData, prepare_app_data
 from test_index_formats import gradient_dng
 
 from softclip.app import thumbnails as thumbnails_module
-from softclip.app.app import THUMBNAIL_SIDE, AppState
+from softclip.app.state import THUMBNAIL_SIDE, AppState
 from softclip.index import build_index
 from softclip.index.formats import register_plugins
 

@@ -22,7 +22,7 @@ from gradio.utils import get_upload_folder
 from PIL import Image
 from test_app import LIMITS, AppData, prepare_app_data, start
 
-from softclip.app.app import AppState
+from softclip.app.state import AppState
 from softclip.app.uploads import NOT_AN_UPLOAD
 
 IMAGE_ENDPOINTS = {"search_image": 3, "label": "red circle, blue square", "explain": "a red circle"}

@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 import pytest
 from test_app import AppData, prepare_app_data, start
 
-from softclip.app.app import AppState, Limits
+from softclip.app.requests import Limits
+from softclip.app.state import AppState
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -117,7 +118,11 @@ def test_a_new_search_after_a_pick_opens_as_a_grid(page) -> None:
 def test_an_empty_query_shows_a_message(page) -> None:
     page.locator("#query textarea").fill("")
     page.locator("#search").click()
-    page.get_by_text("The query is empty").first.wait_for()
+    message = page.get_by_text("The query is empty").first
+    message.wait_for()
+    assert message.is_visible()
+    assert "type a few words describing the image" in message.inner_text()
+    assert page.locator("#results img").count() == 0  # the refused search shows no results, not the last ones
 
 
 def test_the_page_asks_no_other_host(page, other_hosts: list[str]) -> None:

@@ -15,7 +15,8 @@ from softclip.cli import main
 from softclip.export import OnnxEncoder, export_model
 from softclip.index import ImageIndex
 from softclip.tokenizer import Tokenizer
-from softclip.training.synthetic import SynthConfig, SynthScenes
+from softclip.training.scenes import SynthConfig
+from softclip.training.synthetic import SynthScenes
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,11 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from softclip.training.data import (
-    CsvDataset,
-    IndexedShards,
-    SkipLog,
-    UnreadableSample,
-    WebDatasetShards,
-    expand_shards,
-    pad_rois,
-)
-from softclip.training.synthetic import SynthConfig, SynthScenes, write_split
+from softclip.training.csv_dataset import CsvDataset
+from softclip.training.data import SkipLog, UnreadableSample, pad_rois
+from softclip.training.scenes import SynthConfig
+from softclip.training.shards import IndexedShards, WebDatasetShards, expand_shards
+from softclip.training.synthetic import SynthScenes, write_split
 
 CONFIG = SynthConfig(image_size=32)
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from softclip import create_model
 from softclip.cli import main
-from softclip.training.evaluate import caption_table, class_folder, retrieval_recall, topk_accuracy
+from softclip.training.evaluate import caption_table, class_folder
+from softclip.training.metrics import retrieval_recall, topk_accuracy
 
 EYE = np.eye(4, dtype=np.float32)
 

@@ -12,28 +12,14 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from softclip.config import load_config
-from softclip.explain import (
-    COLORMAP,
-    METHODS,
-    PointingScene,
-    WordHeatmap,
-    colorize,
-    explain,
-    explain_panel,
-    find_queries,
-    gradcam,
-    gradcams,
-    normalise_cam,
-    overlay,
-    panel,
-    pointing_game,
-    pointing_hits,
-    query_token_rows,
-    random_peak_baseline,
-)
+from softclip.explain import explain, explain_panel, find_queries
+from softclip.gradcam import gradcam, gradcams, normalise_cam
+from softclip.heatmaps import COLORMAP, WordHeatmap, colorize, overlay, panel
 from softclip.model import SoftCLIP, create_model
+from softclip.pointing import PointingScene, pointing_game, pointing_hits, random_peak_baseline
 from softclip.tokenizer import Tokenizer
 from softclip.transform import PreprocessConfig, image_to_tensor
+from softclip.word_queries import METHODS, query_token_rows
 
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 240), "yellow": (240, 220, 30)}
 

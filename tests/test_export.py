@@ -29,13 +29,15 @@ from softclip.export import (
     ParityReport,
     check_parity,
     default_providers,
+    encoder_for,
     export_model,
     parity_samples,
     verify_parity,
 )
 from softclip.export.folder import IMAGE_GRAPH, INFO_FILE, TEXT_GRAPH, graphs_id, read_info
 from softclip.model import create_model
-from softclip.pretrained import from_pretrained, save_pretrained
+from softclip.pretrained import from_pretrained
+from softclip.save import save_pretrained
 from softclip.tokenizer import Tokenizer
 from softclip.transform import PreprocessConfig
 
@@ -163,13 +165,21 @@ def test_onnx_encoder_follows_the_encoder_protocol(exported: Exported, torch_enc
 def test_label_through_export_agrees_with_the_checkpoint(exported: Exported) -> None:
     images = parity_samples(6, seed=1)[0]
     labels = ["red circle", "blue square", "green triangle", "yellow stripes"]
-    through_onnx = softclip.label(images, labels, model=exported.folder, top_k=len(labels))
+    through_onnx = softclip.label(images, labels, model=OnnxEncoder(exported.folder), top_k=len(labels))
     through_torch = softclip.label(images, labels, model=exported.checkpoint, top_k=len(labels))
     for onnx_scores, torch_scores in zip(through_onnx, through_torch, strict=True):
         assert onnx_scores[0].label == torch_scores[0].label
         onnx_probabilities = {score.label: score.probability for score in onnx_scores}
         torch_probabilities = {score.label: score.probability for score in torch_scores}
         assert onnx_probabilities == pytest.approx(torch_probabilities, abs=1e-4)
+
+
+def test_the_core_refuses_an_export_folder_by_name(exported: Exported) -> None:
+    # The core never imports ONNX Runtime: an export folder is opened by the caller, or by encoder_for.
+    with pytest.raises(ValueError, match=r"is an ONNX export folder: pass softclip\.export\.OnnxEncoder"):
+        softclip.label(parity_samples(1, seed=1)[0], ["red circle"], model=exported.folder)
+    assert isinstance(encoder_for(exported.folder), OnnxEncoder)
+    assert isinstance(encoder_for(exported.checkpoint), TorchEncoder)
 
 
 def test_wrong_pixel_shape_and_a_single_string_are_refused(exported: Exported) -> None:

@@ -43,7 +43,7 @@ def recall_at_k(factory: str | None, k: int = 10) -> float:
     """Share of the exact top-k (numpy inner product) that the index returns, over 50 queries."""
     database, queries = clustered_unit_vectors(2000, 32, seed=1), clustered_unit_vectors(50, 32, seed=2)
     ids = np.arange(1000, 3000, dtype=np.int64)  # ids that are not row numbers
-    index = faiss_index.build_index(database, ids, factory)
+    index = faiss_index.build_faiss_index(database, ids, factory)
     _, found = faiss_index.search(index, queries, k)
     exact = ids[np.argsort(-(queries @ database.T), axis=1)[:, :k]]
     return float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found, exact)]))
@@ -65,23 +65,25 @@ def test_recall_against_exact_search(factory: str | None, minimum: float) -> Non
 
 def test_flat_scores_are_exact_inner_products() -> None:
     database, queries = random_unit_vectors(100, 16, seed=2), random_unit_vectors(3, 16, seed=3)
-    index = faiss_index.build_index(database, np.arange(100))
+    index = faiss_index.build_faiss_index(database, np.arange(100))
     scores, ids = faiss_index.search(index, queries, 5)
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ database.T, ids, axis=1), rtol=1e-5)
 
 
 def test_removal_works_on_flat_and_is_reported_unsupported_on_hnsw() -> None:
     database = random_unit_vectors(50, 8, seed=4)
-    flat = faiss_index.build_index(database, np.arange(50))
+    flat = faiss_index.build_faiss_index(database, np.arange(50))
     assert faiss_index.remove_vectors(flat, np.array([3, 4]))
     assert sorted(faiss_index.index_ids(flat)) == [i for i in range(50) if i not in (3, 4)]
-    assert not faiss_index.remove_vectors(faiss_index.build_index(database, np.arange(50), "HNSW8"), np.array([3]))
+    assert not faiss_index.remove_vectors(
+        faiss_index.build_faiss_index(database, np.arange(50), "HNSW8"), np.array([3])
+    )
 
 
 def test_bad_factory_and_bad_queries_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="invalid FAISS factory string 'NoSuchIndex'"):
         faiss_index.create_index(8, "NoSuchIndex")
-    index = faiss_index.build_index(random_unit_vectors(10, 8, seed=5), np.arange(10))
+    index = faiss_index.build_faiss_index(random_unit_vectors(10, 8, seed=5), np.arange(10))
     with pytest.raises(ValueError, match="query dimension 4 does not match the index dimension 8"):
         faiss_index.search(index, np.zeros((1, 4), np.float32), 3)
     with pytest.raises(ValueError, match="k must be at least 1"):

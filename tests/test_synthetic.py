@@ -14,7 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from softclip.training.synthetic import (
+from softclip.training.captions import caption_for, spatial_relation
+from softclip.training.detector import detector_projection, simulate_detector
+from softclip.training.eval_sets import (
+    held_out_compositions,
+    pointing_set,
+    retrieval_set,
+    zeroshot_colour_shape,
+    zeroshot_shapes,
+)
+from softclip.training.render import background_pixels, render_scene
+from softclip.training.scenes import (
     COLOURS,
     HELD_OUT,
     SHAPES,
@@ -24,20 +34,8 @@ from softclip.training.synthetic import (
     Scene,
     SceneObject,
     SynthConfig,
-    SynthScenes,
-    background_pixels,
-    caption_for,
-    detector_projection,
-    held_out_compositions,
-    pointing_set,
-    render_scene,
-    retrieval_set,
-    simulate_detector,
-    spatial_relation,
-    write_split,
-    zeroshot_colour_shape,
-    zeroshot_shapes,
 )
+from softclip.training.synthetic import SynthScenes, write_split
 
 # A noun phrase of a caption: determiner, optional size, optional colour, shape (singular or plural).
 _NOUN = r"(a|an|the|two|three|four) (?:(small|large) )?(?:({colours}) )?({shapes})(?:es|s)?\b".format(

@@ -16,7 +16,9 @@ from softclip.cli import main
 from softclip.config import load_config
 from softclip.loss import LossConfig
 from softclip.pretrained import from_pretrained
-from softclip.training.trainer import TrainConfig, Trainer, latest_checkpoint, warmup_cosine
+from softclip.training.checkpoints import latest_checkpoint
+from softclip.training.optimiser import warmup_cosine
+from softclip.training.trainer import TrainConfig, Trainer
 
 TINY = ["--steps", "2", "--batch-size", "8", "--synth-size", "32", "--workers", "0", "--no-eval"]
 VARIANT_TERMS = {
@@ -157,7 +159,7 @@ def test_trains_from_files_written_by_synth(tmp_path: Path, fmt: str, capsys) ->
 
 def test_trimmed_padding_gives_the_same_text_embeddings() -> None:
     from softclip import create_model
-    from softclip.training.trainer import trim_padding
+    from softclip.training.batches import trim_padding
 
     model = create_model("tiny-vit").eval()
     ids = model.tokenizer(["a red circle", "two blue squares"], 32)
@@ -193,7 +195,8 @@ def test_init_fine_tunes_a_pretrained_clip_keeping_its_tokenizer(tmp_path: Path,
 def test_captions_without_regions_train_with_image_text_guidance(tmp_path: Path, capsys) -> None:
     import csv
 
-    from softclip.training.synthetic import SynthConfig, SynthScenes
+    from softclip.training.scenes import SynthConfig
+    from softclip.training.synthetic import SynthScenes
 
     data = SynthScenes(SynthConfig(split="train"), length=16)
     (tmp_path / "images").mkdir()
@@ -210,3 +213,16 @@ def test_captions_without_regions_train_with_image_text_guidance(tmp_path: Path,
     loss = json.loads((out / "train_config.json").read_text())["loss"]
     assert loss["guidance"] == "image_text" and loss["roi_tag_align"] == 0.0
     assert {"soft", "relation"} <= set([r for r in records(out) if "loss" in r][-1])
+
+
+def test_train_options_left_out_keep_the_configs_defaults() -> None:
+    from softclip.cli import build_parser
+    from softclip.cli.train import train_config
+    from softclip.loss import LossConfig
+    from softclip.training.trainer import TrainConfig
+
+    assert train_config(build_parser().parse_args(["train"])) == TrainConfig()
+    argv = ["train", "--loss", "clip", "--tokenizer", "vocab/", "--no-eval", "--no-detach-targets", "--lr", "1e-5"]
+    config = train_config(build_parser().parse_args(argv))
+    loss = LossConfig(variant="clip", detach_targets=False)
+    assert config == TrainConfig(loss=loss, init_tokenizer="vocab/", evaluate=False, lr=1e-5)

@@ -16,16 +16,9 @@ from PIL import Image
 
 from softclip.cli import main
 from softclip.training.data import UnreadableSample
-from softclip.training.vinvl import (
-    ATTRIBUTE_THRESHOLD,
-    NotVinvl,
-    VinvlDataset,
-    encode_floats,
-    lineidx_path,
-    region_tag,
-    write_imageid2idx,
-    write_tsv,
-)
+from softclip.training.tsv_rows import encode_floats, lineidx_path, write_imageid2idx, write_tsv
+from softclip.training.vinvl import VinvlDataset
+from softclip.training.vinvl_layouts import ATTRIBUTE_THRESHOLD, NotVinvl, region_tag
 
 # Objects 3 and 7 tie at the top (file order breaks the tie); the rest rank by index, so 0 and 1 drop out.
 CONFIDENCES = [i / 100 for i in range(12)]

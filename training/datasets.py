@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from softclip.training.synthetic import SynthConfig, SynthScenes
+from softclip.training.scenes import SynthConfig
+from softclip.training.synthetic import SynthScenes
 
 
 def open_dataset(
@@ -16,7 +17,8 @@ def open_dataset(
     with `vinvl` (either VinVL layout, see `vinvl.py`), its captions joined to the VinVL regions by key.
     SynthScenes always uses its train split's seed, so no training seed can reproduce the test scenes.
     """
-    from softclip.training import data as readers
+    from softclip.training.csv_dataset import CsvDataset
+    from softclip.training.shards import IndexedShards
 
     if data == "synth":
         return SynthScenes(SynthConfig(caption_noise=caption_noise, image_size=image_size), length=synth_size)
@@ -25,9 +27,9 @@ def open_dataset(
 
         return VinvlDataset(vinvl, data)
     if data.endswith(".tar") or "{" in data:
-        return readers.IndexedShards(data)
+        return IndexedShards(data)
     if Path(data).suffix in (".csv", ".tsv"):
-        return readers.CsvDataset(data)
+        return CsvDataset(data)
     raise ValueError(f"unknown data source {data!r}: use synth, a .csv/.tsv file or .tar WebDataset shards")
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from softclip.encoder import Encoder, open_encoder
-from softclip.training import synthetic
-from softclip.training.evaluate import embed_images, retrieval, topk_accuracy
+from softclip.training import eval_sets
+from softclip.training.metrics import embed_images, retrieval, topk_accuracy
 from softclip.zeroshot import label_embeddings
 
 
-def zeroshot_metrics(encoder: Encoder, data: synthetic.ZeroShotSet, prefix: str) -> dict:
+def zeroshot_metrics(encoder: Encoder, data: eval_sets.ZeroShotSet, prefix: str) -> dict:
     """Top-1/top-5 over all classes; for colour-shape also top-1 on seen and on held-out compositions."""
     class_embeds = label_embeddings(encoder, data.classnames, tuple(data.templates))
     image_embeds = embed_images(encoder, data.images)
@@ -28,21 +28,21 @@ def zeroshot_metrics(encoder: Encoder, data: synthetic.ZeroShotSet, prefix: str)
 
 
 def zeroshot(encoder: Encoder, n_shapes: int = 800, n_colour_shape: int = 1280, image_size: int = 64) -> dict:
-    metrics = zeroshot_metrics(encoder, synthetic.zeroshot_shapes(n_shapes, image_size=image_size), "shape")
-    colour_shape = synthetic.zeroshot_colour_shape(n_colour_shape, image_size=image_size)
+    metrics = zeroshot_metrics(encoder, eval_sets.zeroshot_shapes(n_shapes, image_size=image_size), "shape")
+    colour_shape = eval_sets.zeroshot_colour_shape(n_colour_shape, image_size=image_size)
     return metrics | zeroshot_metrics(encoder, colour_shape, "colour_shape")
 
 
 def retrieval_metrics(encoder: Encoder, n: int = 1000, image_size: int = 64) -> dict:
-    data = synthetic.retrieval_set(n, image_size=image_size)
+    data = eval_sets.retrieval_set(n, image_size=image_size)
     return retrieval(encoder, data.images, data.captions)
 
 
 def pointing(model, n: int = 500, image_size: int = 64) -> dict:
     """Pointing game of the Grad-CAM heatmaps (needs a torch checkpoint), with a random-peak baseline."""
-    from softclip.explain import pointing_game, random_peak_baseline
+    from softclip.pointing import pointing_game, random_peak_baseline
 
-    data = synthetic.pointing_set(n, image_size=image_size)
+    data = eval_sets.pointing_set(n, image_size=image_size)
     scenes = list(zip(data.images, data.queries, data.boxes))
     return {"pointing": pointing_game(model, scenes), "pointing_random": random_peak_baseline(data.boxes, image_size)}
 

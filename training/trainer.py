@@ -12,27 +12,28 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from itertools import zip_longest
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from softclip.loss import LossConfig, SoftCLIPLoss
 from softclip.model import create_model
-from softclip.pretrained import from_pretrained, save_pretrained
+from softclip.pretrained import from_pretrained
+from softclip.save import save_pretrained
 from softclip.tokenizer import Tokenizer
+from softclip.training.batches import Collate, StepSampler, TrainingSamples, train_tokenizer
+from softclip.training.checkpoints import has_regions, latest_checkpoint, restore_rng, rng_state, save_atomic
 from softclip.training.data import SkipLog
-from softclip.training.datasets import open_dataset, sample_texts
-from softclip.transform import PreprocessConfig, RandomResizedCrop, image_to_tensor
+from softclip.training.datasets import open_dataset
+from softclip.training.distributed import init_distributed
+from softclip.training.optimiser import parameter_groups, resolve_precision, warmup_cosine
+from softclip.transform import PreprocessConfig
 
 
 @dataclass
@@ -65,208 +66,6 @@ class TrainConfig:
     caption_noise: float = 0.2
     augment: bool = True
     log_every: int = 10
-
-
-# ----------------------------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-
-def init_distributed() -> DistInfo:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return DistInfo(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
-        device = torch.device("cuda", local_rank)
-    else:
-        dist.init_process_group("gloo")
-        device = torch.device("cpu")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
-
-
-# ------------------------------------------------------------------------------------------------------- data
-
-
-class StepSampler(Sampler[list[int]]):
-    """Yields, for each step from `start_step`, this rank's slice of the global batch of dataset indices."""
-
-    def __init__(self, size: int, batch_size: int, rank: int, world: int, seed: int, start_step: int, steps: int):
-        if batch_size % world:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {world} ranks")
-        if size < batch_size:
-            raise ValueError(f"the dataset has {size} samples, fewer than one batch of {batch_size}")
-        self.size, self.batch_size, self.rank, self.world = size, batch_size, rank, world
-        self.seed, self.start_step, self.steps = seed, start_step, steps
-        self.steps_per_epoch = size // batch_size
-
-    def indices(self, step: int) -> list[int]:
-        epoch, position = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng((self.seed, epoch)).permutation(self.size)
-        batch = order[position * self.batch_size : (position + 1) * self.batch_size]
-        local = self.batch_size // self.world
-        return [int(i) for i in batch[self.rank * local : (self.rank + 1) * local]]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start_step, self.steps):
-            yield [(step, i) for i in self.indices(step)]
-
-    def __len__(self) -> int:
-        return self.steps - self.start_step
-
-
-class TrainingSamples(Dataset):
-    """Turns dataset samples into tensors; augmentation is seeded by (seed, step's epoch, index)."""
-
-    def __init__(self, dataset, preprocess: PreprocessConfig, seed: int, steps_per_epoch: int, augment: bool):
-        self.dataset, self.preprocess, self.seed = dataset, preprocess, seed
-        self.steps_per_epoch, self.augment = steps_per_epoch, augment
-        self.crop = RandomResizedCrop(preprocess.size)
-        # A random crop is already square: it is only resized, never centre-cropped again.
-        self.crop_preprocess = replace(preprocess, resize_mode="squash")
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        step, index = key
-        sample = self.dataset[index]
-        if self.augment:
-            rng = np.random.default_rng((self.seed, step // self.steps_per_epoch, index))
-            pixels = image_to_tensor(self.crop(sample.image, rng), self.crop_preprocess)
-        else:
-            pixels = image_to_tensor(sample.image, self.preprocess)
-        return {
-            "image": pixels,
-            "caption": sample.caption,
-            "tags": sample.tags,
-            "rois": torch.from_numpy(np.asarray(sample.rois, dtype=np.float32)),
-            "roi_mask": torch.from_numpy(np.asarray(sample.roi_mask, dtype=bool)),
-            "skipped": tuple(sample.skipped),
-            "skip_examples": tuple(sample.skip_examples),
-        }
-
-
-class Collate:
-    """Stacks tensors and tokenises captions and tags (picklable for worker processes)."""
-
-    def __init__(self, tokenizer: Tokenizer, context_length: int):
-        self.tokenizer, self.context_length = tokenizer, context_length
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        end_id = self.tokenizer.end_id
-        return {
-            "images": torch.stack([item["image"] for item in items]),
-            "texts": trim_padding(self.tokenizer([item["caption"] for item in items], self.context_length), end_id),
-            "tags": trim_padding(self.tokenizer([item["tags"] for item in items], self.context_length), end_id),
-            "rois": torch.stack([item["rois"] for item in items]),
-            "roi_mask": torch.stack([item["roi_mask"] for item in items]),
-            "skipped": [reason for item in items for reason in item["skipped"]],
-            "skip_examples": [example for item in items for example in item["skip_examples"]],
-        }
-
-
-def trim_padding(ids: torch.Tensor, end_id: int) -> torch.Tensor:
-    """Drop the columns after every row's end token: the causal text tower gives the same embeddings, faster."""
-    return ids[:, : int((ids == end_id).int().argmax(dim=1).max()) + 1]
-
-
-def train_tokenizer(dataset, vocab_size: int, sample: int) -> Tokenizer:
-    """A tokenizer trained on the captions and tags of the first `sample` training samples."""
-    count = min(sample, len(dataset))
-    texts = (text for i in range(count) for text in sample_texts(dataset, i))
-    return Tokenizer.train(texts, vocab_size=vocab_size)
-
-
-# ------------------------------------------------------------------------------------------------ optimiser
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices only: none on gains, biases, embeddings, tokens or logit_scale."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_matrix = param.ndim >= 2 and "embedding" not in name and "token" not in name
-        (decay if is_matrix else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def warmup_cosine(steps: int, warmup_fraction: float):
-    """Learning-rate multiplier: linear warm-up over `warmup_fraction` of steps, then cosine to zero."""
-    warmup = max(1, int(steps * warmup_fraction))
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return multiplier
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision must be one of fp32, bf16, fp16 or auto, not {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 mixed precision needs a CUDA device; use bf16 or fp32 on CPU")
-    return dtypes[precision]
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-
-def rng_state() -> dict:
-    """Every generator's state as tensors and numbers, so checkpoints load with `weights_only=True`."""
-    _, keys, position, has_gauss, gauss = np.random.get_state()
-    version, internal, python_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
-        "python": [version, torch.tensor(internal, dtype=torch.int64), python_gauss],
-    }
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    version, internal, python_gauss = state["python"]
-    random.setstate((version, tuple(int(x) for x in internal.tolist()), python_gauss))
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def has_regions(dataset: Dataset, probe: int = 16) -> bool:
-    """Whether any of the first ``probe`` samples has a detector region (a data set has them all or none)."""
-    return any(dataset[index].roi_mask.any() for index in range(min(probe, len(dataset))))
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    checkpoints = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return checkpoints[-1] if checkpoints else None
-
-
-# -------------------------------------------------------------------------------------------------- trainer
 
 
 class Trainer:

@@ -1,0 +1,49 @@
+"""Training checkpoints: random-number states, atomic writes, and finding the latest step."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def rng_state() -> dict:
+    """Every generator's state as tensors and numbers, so checkpoints load with `weights_only=True`."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": [version, torch.tensor(internal, dtype=torch.int64), python_gauss],
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, python_gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in internal.tolist()), python_gauss))
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def has_regions(dataset: Dataset, probe: int = 16) -> bool:
+    """Whether any of the first ``probe`` samples has a detector region (a data set has them all or none)."""
+    return any(dataset[index].roi_mask.any() for index in range(min(probe, len(dataset))))
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    checkpoints = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return checkpoints[-1] if checkpoints else None
