@@ -125,7 +125,7 @@ def build(work: Path, photos: Path) -> tuple[Path, Path, float]:
     from softclip.export import OnnxEncoder, export_model
     from softclip.index import build_index
     from softclip.model import create_model
-    from softclip.pretrained import save_pretrained
+    from softclip.save import save_pretrained
     from softclip.tokenizer import Tokenizer
 
     torch.manual_seed(0)
