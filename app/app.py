@@ -4,7 +4,8 @@ regions of an image each word of a caption points at.
 Search, image-to-text lookup and labels run on the ONNX export the index was built with; heatmaps run
 Grad-CAM on the torch checkpoint. Both load once, when the app is built (``build_app``). The app listens
 on 127.0.0.1 unless told otherwise, never opens a share link and sends no analytics. It serves no file from
-disk: results are thumbnails it renders from the paths the index stores into Gradio's cache folder, so
+disk: results are thumbnails it renders from the paths the index stores (kept in the index folder's
+``thumbnails/``, ``softclip.app.thumbnails``) and copies into Gradio's cache folder, so
 ``allowed_paths`` stays empty and only Gradio's own upload and cache folders are reachable over HTTP. An
 image reaches the models only as an upload Gradio received (``softclip.app.uploads``) or as an item of the
 index, and the browser sees indexed paths only relative to the indexed folder.

@@ -33,7 +33,7 @@ from softclip.app.results import (
     text_rows,
     word_heatmaps,
 )
-from softclip.app.thumbnails import ThumbnailFiles
+from softclip.app.thumbnails import ThumbnailFiles, thumbnail_store
 from softclip.encoder import Encoder, state_dict_id
 from softclip.index import ImageIndex, SearchHit, TextHit
 from softclip.index.decode import load_rgb
@@ -59,7 +59,8 @@ class AppState:
 
     def __post_init__(self) -> None:
         folder = os.path.join(get_upload_folder(), "softclip-thumbnails")  # Gradio serves its own folder only
-        self.thumbnails = ThumbnailFiles(folder, THUMBNAIL_SIDE, self.limits.max_megapixels)
+        store = thumbnail_store(self.index.path, folder)
+        self.thumbnails = ThumbnailFiles(store, folder, THUMBNAIL_SIDE, self.limits.max_megapixels)
 
     @classmethod
     def load(

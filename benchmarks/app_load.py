@@ -104,7 +104,7 @@ def work_of_one_search(state: AppState, k: int, repeats: int) -> list[tuple[str,
 
     def fresh_thumbnails() -> None:
         with tempfile.TemporaryDirectory() as folder:
-            thumbnails = ThumbnailFiles(folder, state.thumbnails.side, state.limits.max_megapixels)
+            thumbnails = ThumbnailFiles(folder, folder, state.thumbnails.side, state.limits.max_megapixels)
             for path in paths:
                 thumbnails.path_for(path)
 

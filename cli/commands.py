@@ -150,6 +150,9 @@ def _export(parser: argparse.ArgumentParser) -> None:
 
 @command("index", "index a folder of images (incremental); 'softclip index merge --index DIR' joins shards")
 def _index(parser: argparse.ArgumentParser) -> None:
+    from softclip.index.formats import extensions_help
+
+    parser.epilog = f"Indexed file extensions (any case; each file is decoded by its content): {extensions_help()}."
     parser.add_argument("folder", help="folder of images, or 'merge' to merge the shards of --index")
     parser.add_argument("--index", required=True, help="index folder")
     parser.add_argument(

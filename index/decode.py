@@ -11,6 +11,7 @@ pickle every pixel array back) and yields results in input order while the calle
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import io
@@ -27,8 +28,10 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
+from softclip.index.formats import is_raw_name, register_plugins
+from softclip.index.isolated import ChildDecodeError, DecoderPool
 from softclip.index.scan import ScannedFile
 from softclip.transform import load_image
 
@@ -37,7 +40,8 @@ DEFAULT_MAX_MEGAPIXELS = 100.0
 # bicubic resize still does the last, largest step of the shrinking and the model sees nearly the pixels
 # of a full decode (embedding cosine >= 0.99 measured, docs/results.md), at a fraction of the decoding time.
 DRAFT_SIDE_FACTOR = 2
-# Magic bytes of the formats we index, to tell "not an image" from "an image Pillow cannot decode".
+# Magic bytes of the formats decoded in this process, also to tell "not an image" from "an image Pillow cannot
+# decode". MPO files (cameras' stereo and multi-picture JPEGs) start as JPEGs.
 _SIGNATURES = {
     b"\xff\xd8\xff": "JPEG",
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -47,10 +51,17 @@ _SIGNATURES = {
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
 }
+IN_PROCESS_FORMATS = frozenset(("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP"))
+# A RAW file's embedded preview stands in for the demosaiced image when its shorter side has at least this many
+# pixels (cameras embed previews of 1 to 2 thousand pixels, and tiny ones for their own screens).
+RAW_PREVIEW_MIN_SIDE = 448
+# LibRaw's ``flip`` (the camera's orientation) as the transposition that makes its preview upright.
+_LIBRAW_FLIPS = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
 # Python's warning filters are process-wide, so capturing Pillow's bomb warnings must not interleave.
 _HEADER_LOCK = threading.Lock()
 
 if TYPE_CHECKING:
+    import rawpy
     from tqdm import tqdm
 
 Preprocess = Callable[[Image.Image], np.ndarray]
@@ -126,13 +137,66 @@ def decode_bytes(
 ) -> Image.Image:
     """Decode an encoded image (first frame) to upright RGB, refusing bombs before decoding pixels.
 
-    With ``min_side``, a JPEG decodes at the smallest DCT scale whose shorter side is still ``min_side``
-    or more; other formats, and ``min_side=None``, decode at full size.
+    JPEG, PNG, GIF, BMP, WebP and TIFF (known by their content) decode in this process; every other format
+    and anything named as camera RAW decodes in a child process bounded in time and memory
+    (``softclip.index.isolated``). With ``min_side``, the image comes back no smaller than needed for a
+    shorter side of ``min_side`` (JPEGs decode at a reduced DCT scale); ``min_side=None`` gives full size.
     """
     if not data:
         raise ImageDecodeError(name, "empty file (0 bytes)")
+    if decodes_in_process(data, name):
+        return decode_with_pillow(data, name, max_megapixels, min_side)
+    try:
+        return shared_pool().decode(data, name, max_megapixels, min_side)
+    except ChildDecodeError as error:
+        raise ImageDecodeError(name, error.reason) from None
+
+
+def decodes_in_process(data: bytes, name: str) -> bool:
+    """True for the common formats whose decoders Pillow ships and fuzzes (not for a RAW file name)."""
+    return _known_format(data) in IN_PROCESS_FORMATS and not is_raw_name(name)
+
+
+@functools.cache
+def shared_pool() -> DecoderPool:
+    """The process's child decoders (``decode_bytes`` sends them what it does not decode itself), stopped at exit."""
+    pool = DecoderPool(decode_in_child)
+    atexit.register(pool.close)
+    return pool
+
+
+def decode_in_child(data: bytes, name: str, max_megapixels: float, min_side: int | None) -> Image.Image:
+    """What a child decoder runs: ``decode_in_process``, shrunk to what ``min_side`` needs before it is sent back."""
+    return shrink(decode_in_process(data, name, max_megapixels, min_side), min_side)
+
+
+def decode_in_process(
+    data: bytes, name: str, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_side: int | None = None
+) -> Image.Image:
+    """``decode_bytes`` without a child process (what the child runs): RAW through rawpy, the rest by content.
+
+    A RAW file name is tried with LibRaw first; a file LibRaw does not take, whatever its name, is decoded by
+    what its content is, and one that Pillow cannot identify is offered to LibRaw last.
+    """
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    register_plugins()
+    if is_raw_name(name) and (image := decode_raw(data, name, max_megapixels, min_side)) is not None:
+        return image
+    try:
+        return decode_with_pillow(data, name, max_megapixels, min_side)
+    except ImageDecodeError:
+        if is_raw_name(name) or (image := decode_raw(data, name, max_megapixels, min_side)) is None:
+            raise
+        return image
+
+
+def decode_with_pillow(
+    data: bytes, name: str, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_side: int | None = None
+) -> Image.Image:
+    """Pillow's decoding of ``data``: header first (size check), then pixels, reduced for JPEGs (``draft_jpeg``)."""
     image = _open_header(data, name)
-    _check_size(image, name, max_megapixels)
+    _check_size(*image.size, name, max_megapixels)
     if min_side is not None:
         draft_jpeg(image, min_side)
     try:
@@ -144,13 +208,66 @@ def decode_bytes(
     return _to_rgb(image, name)
 
 
+def decode_raw(data: bytes, name: str, max_megapixels: float, min_side: int | None) -> Image.Image | None:
+    """A camera RAW file as upright RGB: its embedded preview JPEG when that is large enough, else demosaiced.
+
+    None when LibRaw does not recognise the data. Demosaicing runs at half size when that still leaves a
+    shorter side of ``min_side``.
+    """
+    import rawpy
+
+    try:
+        raw = rawpy.imread(io.BytesIO(data))
+    except (rawpy.LibRawFileUnsupportedError, rawpy.LibRawIOError, rawpy.LibRawDataError):
+        return None
+    with raw:
+        _check_size(raw.sizes.width, raw.sizes.height, name, max_megapixels)
+        preview = raw_preview(raw, name, max_megapixels, min_side or RAW_PREVIEW_MIN_SIDE)
+        if preview is not None:
+            return preview
+        half = min_side is not None and min(raw.sizes.width, raw.sizes.height) // 2 >= min_side
+        try:
+            pixels = raw.postprocess(half_size=half, use_camera_wb=True, output_bps=8)  # applies the orientation
+        except rawpy.LibRawError as error:
+            raise ImageDecodeError(name, f"corrupt RAW data: {type(error).__name__}: {error}") from error
+    return Image.fromarray(pixels).convert("RGB")
+
+
+def raw_preview(raw: rawpy.RawPy, name: str, max_megapixels: float, min_side: int) -> Image.Image | None:
+    """The embedded preview of a RAW file, upright, if it has one whose shorter side is ``min_side`` or more."""
+    import rawpy
+
+    try:
+        thumb = raw.extract_thumb()
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError, rawpy.LibRawIOError):
+        return None
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        try:
+            image = decode_with_pillow(thumb.data, name, max_megapixels, min_side)
+        except ImageDecodeError:
+            return None  # a broken preview: demosaic instead
+        upright = _has_orientation(thumb.data)
+    else:
+        image, upright = Image.fromarray(thumb.data).convert("RGB"), False
+    if min(image.size) < min_side:
+        return None
+    flip = _LIBRAW_FLIPS.get(raw.sizes.flip)
+    return image if upright or flip is None else image.transpose(flip)
+
+
+def shrink(image: Image.Image, min_side: int | None) -> Image.Image:
+    """``image`` reduced by a whole factor (box filter) while its shorter side stays ``min_side`` or more."""
+    factor = 1 if min_side is None else min(image.size) // max(1, min_side)
+    return image.reduce(factor) if factor > 1 else image
+
+
 def draft_jpeg(image: Image.Image, min_side: int) -> None:
     """Ask a JPEG not yet loaded to decode at a reduced size whose shorter side stays ``min_side`` or more.
 
     EXIF orientation is applied after decoding and turns the image by right angles at most, so the shorter
     side of the stored image is the shorter side of the upright one.
     """
-    if image.format != "JPEG" or min(image.size) <= min_side:
+    if image.format not in ("JPEG", "MPO") or min(image.size) <= min_side:
         return
     scale = min_side / min(image.size)
     image.draft(None, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
@@ -252,8 +369,7 @@ def _open_header(data: bytes, name: str) -> Image.Image:
         raise ImageDecodeError(name, f"corrupt image header: {error}") from error
 
 
-def _check_size(image: Image.Image, name: str, max_megapixels: float) -> None:
-    width, height = image.size
+def _check_size(width: int, height: int, name: str, max_megapixels: float) -> None:
     megapixels = width * height / 1e6
     if megapixels > max_megapixels:
         size = f"{width}x{height} is {megapixels:.1f} megapixels"
@@ -267,10 +383,25 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
         raise ImageDecodeError(name, f"unsupported pixel mode {image.mode!r}: {error}") from error
 
 
-def _unidentified_reason(data: bytes) -> str:
+def _known_format(data: bytes) -> str | None:
+    """The format ``data`` starts like, among those of ``_SIGNATURES`` and WebP (None: another one)."""
     kind = next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
     if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         kind = "WEBP"
+    return kind
+
+
+def _has_orientation(jpeg: bytes) -> bool:
+    """True when a JPEG carries an EXIF orientation other than 'upright' (decoding has applied it)."""
+    try:
+        with Image.open(io.BytesIO(jpeg)) as image:
+            return image.getexif().get(ExifTags.Base.Orientation, 1) != 1
+    except Exception:
+        return False
+
+
+def _unidentified_reason(data: bytes) -> str:
+    kind = _known_format(data)
     if kind is None:
         return "not an image (no known image format)"
     return f"unsupported {kind} variant: {_plugin_error(kind, data)}"

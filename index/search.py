@@ -1,7 +1,7 @@
 """Queries: search hits, and weighted queries such as ``"beach + 2:sunset - people"``.
 
 A query is terms joined by ``+`` or ``-`` (with spaces around them, so ``t-shirt`` stays one term); a
-term may start with a weight (``2:sunset``, ``0.5:fog``; more than 0, at most 1000) and may be the path of an
+term may start with a weight (``2:sunset``, ``0.5:fog``; from 0.001 to 1000) and may be the path of an
 existing image file, which is then embedded as an image. The query vector is the weighted, signed sum of the
 term embeddings, L2-normalised again.
 """
@@ -23,7 +23,10 @@ if TYPE_CHECKING:
 
 _OPERATOR = re.compile(r"\s+([+-])(?:\s+|$)")
 _LEADING_SIGN = re.compile(r"^([+-])\s*")
-_WEIGHT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+):(.+)$")
+# Anything Python reads as a number before the colon is a weight (``1e40``, ``nan`` and ``inf`` too), so that
+# an absurd weight is refused with a message rather than searched for as text.
+_WEIGHT = re.compile(r"^([+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|nan|inf|infinity)):(.+)$", re.IGNORECASE)
+MIN_WEIGHT = 0.001  # smaller weights vanish beside the others (and in float32, below about 1e-45)
 MAX_WEIGHT = 1000.0  # far beyond any useful emphasis, and far from float32 overflow in the weighted sum
 
 
@@ -92,7 +95,7 @@ def combine(weights: np.ndarray, vectors: np.ndarray, query: str = "") -> np.nda
     norm = float(np.linalg.norm(total))
     if not np.isfinite(norm):
         raise ValueError(f"the weights of the query {query!r} are too large to combine (at most {MAX_WEIGHT:g})")
-    if norm < 1e-6:
+    if norm <= 1e-6 * float(np.abs(weights).sum()):
         raise ValueError(f"the terms of the query {query!r} cancel out: nothing is left to search for")
     return (total / norm).astype(np.float32)
 
@@ -119,9 +122,12 @@ def _parse_term(piece: str, sign: float, query: str) -> QueryTerm:
 
 
 def _checked_weight(written: str, term: str) -> float:
-    """The weight written before ``term``, or a message naming it when it is 0 or over ``MAX_WEIGHT``."""
+    """The weight written before ``term``, or a message naming it when it is outside [MIN_WEIGHT, MAX_WEIGHT]."""
     weight = float(written)
-    if not 0 < weight <= MAX_WEIGHT:  # also refuses inf, which float() makes of a long run of digits
+    if not MIN_WEIGHT <= weight <= MAX_WEIGHT:  # also refuses nan, and inf, which float() makes of many digits
         shown = written if len(written) <= 12 else f"{written[:6]}...({len(written)} digits)"
-        raise ValueError(f"the weight {shown} of the term {term!r} must be more than 0 and at most {MAX_WEIGHT:g}")
+        raise ValueError(
+            f"the weight {shown} of the term {term!r} must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}"
+            " (subtract a term with ' - ')"
+        )
     return weight

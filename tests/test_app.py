@@ -276,6 +276,10 @@ BAD_INPUTS = [
     ("/search_text", lambda data: ("a red circle", 2.5), "must be a whole number, got '2.5'."),
     ("/search_text", lambda data: ("1" + "0" * 38 + ":red circle", 5), "the weight 100000...(39 digits) of the term"),
     ("/search_text", lambda data: ("blue + 1" + "0" * 39 + ":red", 5), "the weight 100000...(40 digits) of the term"),
+    ("/search_text", lambda data: ("1e40:cat", 5), "the weight 1e40 of the term 'cat' must be between 0.001 and 1000"),
+    ("/search_text", lambda data: ("nan:dog", 5), "the weight nan of the term 'dog' must be between 0.001 and 1000"),
+    ("/search_text", lambda data: ("inf:sea", 5), "the weight inf of the term 'sea' must be between 0.001 and 1000"),
+    ("/search_text", lambda data: ("2:red - 2:red", 5), "cancel out: nothing is left to search for"),
     ("/search_text", lambda data: ("- red", 5), None),  # a negated term alone is a valid query
     ("/search_image", lambda data: (handle_file(_not_an_image(data)), 5), "cannot be read as an image: not an image"),
     (

@@ -87,6 +87,20 @@ def test_weighted_query_runs(index_dir: Path, capsys) -> None:
     assert len(hits) == 4
 
 
+@pytest.mark.parametrize("query", ["1e40:cat", "nan:dog", "inf:sea", "red circle - 1e-50:star"])
+def test_an_absurd_weight_is_one_clear_line(index_dir: Path, query: str, capsys) -> None:
+    assert main(["search", str(index_dir), query]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("softclip: error: the weight ") and "must be between 0.001 and 1000" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_weights_that_cancel_out_are_one_clear_line(index_dir: Path, capsys) -> None:
+    assert main(["search", str(index_dir), "1000:red circle - 1000:red circle"]) == 2
+    assert "cancel out" in capsys.readouterr().err
+
+
 def test_table_output_fits_a_terminal(index_dir: Path, capsys) -> None:
     assert main(["search", str(index_dir), "a star", "-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

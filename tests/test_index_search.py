@@ -235,11 +235,30 @@ def test_format_report_lists_counts_and_errors(tmp_path: Path, encoder: ColourHi
         ("blue + 1" + "0" * 400 + ":red", "100000...(401 digits) of the term 'red'"),
         ("2:red + 1000.5:blue", "1000.5 of the term 'blue'"),
         ("0:red", "0 of the term 'red'"),
+        ("1e40:cat", "1e40 of the term 'cat'"),
+        ("nan:dog", "nan of the term 'dog'"),
+        ("inf:sea", "inf of the term 'sea'"),
+        ("red + -INF:sea", "-INF of the term 'sea'"),
+        ("1e-50:red", "1e-50 of the term 'red'"),  # legal-looking, but 0 in float32
+        ("red + 0.0001:blue", "0.0001 of the term 'blue'"),
     ],
 )
-def test_a_weight_that_is_zero_or_too_large_is_named(query: str, named: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(f"the weight {named} must be more than 0 and at most 1000")):
+def test_a_weight_that_is_zero_tiny_too_large_or_not_a_number_is_named(query: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"the weight {named} must be between 0.001 and 1000")):
         parse_query(query)
+
+
+@pytest.mark.parametrize(
+    "query", ["1000:red - 1000:red", "0.001:red - 0.001:red", "red + 0.001:blue - red - 0.001:blue"]
+)
+def test_legal_weights_that_cancel_out_are_named(query: str, encoder: ColourHistogramEncoder) -> None:
+    with pytest.raises(ValueError, match="cancel out: nothing is left to search for"):
+        query_vector(query, encoder)
+
+
+def test_many_largest_weights_stay_finite_and_normalised(encoder: ColourHistogramEncoder) -> None:
+    vector = query_vector(" + ".join(["1000:red", "1000:green", "1000:blue"] * 200), encoder)
+    assert np.isfinite(vector).all() and float(np.linalg.norm(vector)) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_the_largest_weight_still_searches(encoder: ColourHistogramEncoder) -> None:
