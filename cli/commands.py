@@ -357,13 +357,16 @@ def _app(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
-@command("demo", "train a small SoftCLIP on SynthScenes, export, index a gallery and open the app")
+@command("demo", "export the shipped SoftCLIP demo model (or train it), index a gallery and open the app")
 def _demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir", default=None, help="where the demo keeps its artefacts (default: ~/.cache/softclip/demo)"
     )
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default 180)")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument(
+        "--train", action="store_true", help="train the shipped model's recipe instead of serving the shipped weights"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="with --train: training steps (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="with --train: batch (default: the recipe's)")
     parser.add_argument("--gallery", type=int, default=None, help="gallery size (default 2000)")
     parser.add_argument("--eval-size", type=int, default=None, help="scenes per evaluation set (default 500)")
     parser.add_argument("--no-launch", action="store_true", help="build everything, then stop")
@@ -375,7 +378,9 @@ def _demo(parser: argparse.ArgumentParser) -> None:
 
         from softclip.app.demo import DemoConfig, default_folder, run_demo
 
-        config = DemoConfig(Path(args.dir) if args.dir else default_folder())
+        if not args.train and (args.steps is not None or args.batch_size is not None):
+            parser.error("--steps and --batch-size set the training of --train; add --train")
+        config = DemoConfig(Path(args.dir) if args.dir else default_folder(), train=args.train)
         for name in ("steps", "batch_size", "gallery", "eval_size"):
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))

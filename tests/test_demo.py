@@ -1,14 +1,17 @@
-"""`softclip demo` end to end with a tiny budget: every stage builds, and a second run reuses them all."""
+"""`softclip demo` end to end: the shipped model is served, `--train` trains its recipe, reruns reuse it all."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
+from softclip.app.demo import SHIPPED_MODEL
 from softclip.cli import main
 from softclip.index import ImageIndex
 
-TINY = ["--steps", "2", "--batch-size", "16", "--gallery", "24", "--eval-size", "16", "--no-launch"]
+TINY = ["--train", "--steps", "2", "--batch-size", "16", "--gallery", "24", "--eval-size", "16", "--no-launch"]
 
 
 def test_demo_builds_then_reuses_everything(tmp_path: Path, capsys) -> None:
@@ -32,3 +35,21 @@ def test_demo_builds_then_reuses_everything(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "training" not in out and "indexing" not in out
     assert {p: p.stat().st_mtime_ns for p in built} == built
+
+
+def test_the_demo_serves_the_shipped_model_and_keeps_models_apart(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "demo"
+    assert main(["demo", "--dir", str(folder), "--gallery", "8", "--eval-size", "16", "--no-launch"]) == 0
+    out = capsys.readouterr().out
+    assert "training" not in out  # nothing is trained: the shipped weights are served
+    assert f"--model {SHIPPED_MODEL}" in out
+    assert "softclip train --model tiny-vit" in json.loads((SHIPPED_MODEL / "recipe.json").read_text())["command"]
+    assert main(["demo", "--dir", str(folder), *TINY]) != 0  # a trained model would mix with the shipped one's files
+    assert "was built with the shipped model; use another --dir" in capsys.readouterr().err
+    assert not (folder / "train").exists()
+
+
+def test_training_options_need_train(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--steps", "5", "--no-launch"])
+    assert "add --train" in capsys.readouterr().err

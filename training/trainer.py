@@ -67,6 +67,11 @@ class TrainConfig:
     augment: bool = True
     log_every: int = 10
 
+    @classmethod
+    def from_dict(cls, fields: dict) -> TrainConfig:
+        """The config a run saved as `train_config.json` (its `loss` a nested dict)."""
+        return cls(**{**fields, "loss": LossConfig(**fields.get("loss", {}))})
+
 
 class Trainer:
     """One training run: build everything from a `TrainConfig`, then `fit()`."""
