@@ -31,10 +31,7 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +41,8 @@ from pathlib import Path
 import faiss
 import httpx
 import numpy as np
+import served_app  # beside this script
+from served_app import free_port
 
 from softclip.app.app import build_blocks, serve
 from softclip.app.requests import Limits
@@ -150,12 +149,6 @@ def search_over_http(client: httpx.Client, base: str, query: str, k: int) -> tup
     return answered, time.perf_counter() - started
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def app_process(index: Path, model: Path, limits: Limits, faiss_threads: int | None = None) -> Iterator[str]:
     """Serve the app in its own process (client threads here would otherwise share its interpreter lock).
@@ -163,18 +156,11 @@ def app_process(index: Path, model: Path, limits: Limits, faiss_threads: int | N
     ``faiss_threads`` overrides the app's one FAISS thread per search, to measure what that choice buys.
     """
     port = free_port()
-    command = [sys.executable, __file__, "--index", str(index), "--model", str(model), "--serve", str(port)]
-    command += ["--concurrency", str(limits.concurrency), "--queue-size", str(limits.queue_size)]
-    command += ["--faiss-threads", str(faiss_threads)] if faiss_threads else []
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        line = server.stdout.readline()
-        if not line.startswith("serving"):
-            raise RuntimeError(f"the app did not start: {line!r}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(30)
+    options = ["--index", str(index), "--model", str(model), "--serve", str(port)]
+    options += ["--concurrency", str(limits.concurrency), "--queue-size", str(limits.queue_size)]
+    options += ["--faiss-threads", str(faiss_threads)] if faiss_threads else []
+    with served_app.app_process(__file__, options, port, stop_seconds=30) as url:
+        yield url
 
 
 def serve_until_stopped(index: Path, model: Path, port: int, limits: Limits, faiss_threads: int | None) -> None:

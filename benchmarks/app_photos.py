@@ -26,17 +26,16 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import served_app  # beside this script
 from PIL import Image, ImageDraw, ImageFilter
+from served_app import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
@@ -141,26 +140,13 @@ def build(work: Path, photos: Path) -> tuple[Path, Path, float]:
     return index, checkpoint, time.perf_counter() - started
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def app_process(index: Path, checkpoint: Path) -> Iterator[str]:
     """The app serving ``index`` in its own process, until the block ends."""
     port = free_port()
-    command = [sys.executable, __file__, "--serve", str(port), "--index", str(index), "--checkpoint", str(checkpoint)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        line = server.stdout.readline()
-        if not line.startswith("serving"):
-            raise RuntimeError(f"the app did not start: {line!r}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(60)
+    options = ["--serve", str(port), "--index", str(index), "--checkpoint", str(checkpoint)]
+    with served_app.app_process(__file__, options, port) as url:
+        yield url
 
 
 def serve_until_stopped(index: Path, checkpoint: Path, port: int) -> None:
