@@ -18,12 +18,15 @@ crash mid-build leaves the previous index in use and a stray folder that the nex
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import mmap
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,11 +84,12 @@ class OnDiskIndex:
         import faiss
 
         folder = Path(folder)
-        try:
-            index = faiss.read_index(os.fspath(folder / INDEX_FILE))
-        except RuntimeError:
-            # The lists are named by absolute path; a moved index folder finds them beside index.faiss.
-            index = faiss.read_index(os.fspath(folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        with _faiss_prints_to_stderr():
+            try:
+                index = faiss.read_index(os.fspath(folder / INDEX_FILE))
+            except RuntimeError:
+                # The lists are named by absolute path; a moved index folder finds them beside index.faiss.
+                index = faiss.read_index(os.fspath(folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
         vectors = _random_access(np.load(folder / VECTORS_FILE, mmap_mode="r"))
         ids = _random_access(np.load(folder / IDS_FILE, mmap_mode="r"))
         return cls(folder, index, vectors, ids, rerank)
@@ -121,6 +125,28 @@ def _random_access(array: np.memmap) -> np.memmap:
     return array
 
 
+@contextlib.contextmanager
+def _faiss_prints_to_stderr() -> Iterator[None]:
+    """FAISS's C++ code prints notes ("resizing ...", IO_FLAG_ONDISK_SAME_DIR) on standard output, where they
+    would corrupt a command's output (`softclip search --json`): send file descriptor 1 to stderr meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        _flush_c_stdout()  # C's buffered stdout still holds FAISS's lines: out to stderr with them
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _flush_c_stdout() -> None:
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, TypeError, AttributeError):  # no process-wide C library handle (Windows): nothing to flush
+        pass
+
+
 def build_ondisk(
     index_dir: str | os.PathLike,
     factory: str,
@@ -139,7 +165,8 @@ def build_ondisk(
         template = faiss_index.create_index(train_vectors.shape[1], factory)
         faiss_index.train_index(template, train_vectors)
         parts = _write_parts(folder, template, chunks, count)
-        _merge_parts(folder, template, parts)
+        with _faiss_prints_to_stderr():
+            _merge_parts(folder, template, parts)
         _sync_folder(folder)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

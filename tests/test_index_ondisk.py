@@ -123,6 +123,17 @@ def test_a_moved_index_folder_still_finds_its_lists(tmp_path: Path, encoder: Col
         assert [hit.path for hit in index.search_text("green", k=5)] == [hit.path for hit in expected]
 
 
+def test_faiss_notes_never_reach_standard_output(tmp_path: Path, encoder: ColourHistogramEncoder, capfd) -> None:
+    make_folder(tmp_path / "photos", 30)
+    build_index(tmp_path / "photos", encoder, tmp_path / "idx", on_disk_above=10, progress=False)
+    shutil.move(tmp_path / "idx", tmp_path / "moved")  # opening a moved on-disk index makes FAISS print a note
+    with ImageIndex.open(tmp_path / "moved", encoder) as index:
+        index.search_text("green", k=5)
+    captured = capfd.readouterr()
+    assert captured.out == ""  # `softclip search --json` prints nothing but its JSON
+    assert "IO_FLAG_ONDISK_SAME_DIR" in captured.err  # the note is kept, on stderr
+
+
 def test_below_the_threshold_the_index_stays_in_memory(tmp_path: Path, encoder: ColourHistogramEncoder) -> None:
     make_folder(tmp_path / "photos", 12)
     build_index(tmp_path / "photos", encoder, tmp_path / "idx", on_disk_above=20, progress=False)
