@@ -18,6 +18,7 @@ from pathlib import Path
 GALLERY_SEED = 7  # test-split scenes, not seen in training (the train split uses its own seed)
 SHIPPED_MODEL = Path(__file__).parent / "demo_model"
 RECIPE = SHIPPED_MODEL / "recipe.json"
+MODEL_MARKER = "model.txt"  # which model a demo folder holds
 
 
 @dataclass
@@ -49,15 +50,26 @@ def demo_model(config: DemoConfig) -> Path:
 
 def _check_same_model(config: DemoConfig) -> None:
     """A demo folder holds the export and index of one model: refuse to mix the shipped and a trained one."""
-    marker = config.folder / "model.txt"
     wanted = "trained" if config.train else "shipped"
-    if not marker.is_file():
-        marker.write_text(wanted + "\n")
-    elif marker.read_text().strip() != wanted:
+    built = built_model(config.folder)
+    if built is None:
+        (config.folder / MODEL_MARKER).write_text(wanted + "\n")
+    elif built != wanted:
         raise ValueError(
-            f"the demo folder {config.folder} was built with the {marker.read_text().strip()} model; "
+            f"the demo folder {config.folder} was built with the {built} model; "
             f"use another --dir for the {wanted} one, or delete the folder"
         )
+
+
+def built_model(folder: Path) -> str | None:
+    """Which model a demo folder was built with: "shipped", "trained", or None for a new folder."""
+    marker = folder / MODEL_MARKER
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def served_checkpoint(folder: Path) -> Path:
+    """The checkpoint a built demo folder serves."""
+    return folder / "train" / "final" if built_model(folder) == "trained" else SHIPPED_MODEL
 
 
 def recipe_config(config: DemoConfig):

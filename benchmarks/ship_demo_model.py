@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-SHIPPED = Path(__file__).resolve().parents[1] / "app" / "demo_model"
+from softclip.app.demo import SHIPPED_MODEL
+
 COPIED = ("config.json", "preprocess.json", "tokenizer.json")
 
 
-def ship(run: Path, command: str, out: Path = SHIPPED) -> None:
+def ship(run: Path, command: str, out: Path = SHIPPED_MODEL) -> None:
     final = run / "final"
     out.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
@@ -39,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a finished `softclip train` output folder")
     parser.add_argument("--command", required=True, help="the exact command that trained the run")
-    parser.add_argument("--out", type=Path, default=SHIPPED)
+    parser.add_argument("--out", type=Path, default=SHIPPED_MODEL)
     args = parser.parse_args()
     ship(args.run, args.command, args.out)
 

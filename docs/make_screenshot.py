@@ -13,7 +13,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from softclip.app.app import build_app, serve
-from softclip.app.demo import SHIPPED_MODEL, default_folder
+from softclip.app.demo import default_folder, served_checkpoint
 
 ARGS = [
     "--headless",
@@ -33,9 +33,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "app.png")
     args = parser.parse_args()
     demo = args.demo_dir
-    trained = demo / "train" / "final"
-    checkpoint = trained if trained.is_dir() else SHIPPED_MODEL
-    app = serve(build_app(demo / "index", checkpoint, demo / "export"), port=7861, block=False)
+    app = serve(build_app(demo / "index", served_checkpoint(demo), demo / "export"), port=7861, block=False)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
