@@ -34,7 +34,7 @@ ROWS = {
     "SoftCLIP, grad targets, align": ("softclip", False, 1.0),
     "control: CLIP + ROI-tag align": ("clip", False, 1.0),
 }
-METRICS = ("shape_top1", "colour_shape_top1", "colour_shape_held_out_top1", "i2t_r1", "t2i_r1")
+METRICS = ("shape_top1", "colour_shape_top1", "colour_shape_held_out_top1", "i2t_r1", "t2i_r1", "pointing")
 
 
 def slug(name: str) -> str:
@@ -65,6 +65,8 @@ def train_command(row: str, seed: int, args: argparse.Namespace, out: Path) -> l
         "--no-eval",
         "--lr",
         str(args.lr),
+        "--caption-noise",
+        str(args.caption_noise),
     ]
     if detach is not None:
         command.append("--detach-targets" if detach else "--no-detach-targets")
@@ -88,15 +90,24 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
     subprocess.run(
         train_command(row, seed, args, work), check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    metrics = evaluate(work / "final", "zeroshot", env) | evaluate(work / "final", "retrieval", env)
+    metrics = {}
+    for task in args.tasks:
+        metrics |= evaluate(work / "final", task, env)
     result = {"row": row, "seed": seed, "seconds": time.perf_counter() - started, "metrics": metrics}
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2))
     print(
-        f"done {row} seed {seed} in {result['seconds']:.0f}s: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in METRICS),
+        f"done {row} seed {seed} in {result['seconds']:.0f}s: "
+        + ", ".join(f"{k}={metrics[k]:.3f}" for k in METRICS if k in metrics),
         flush=True,
     )
     return result
+
+
+def cell(runs: list[dict], metric: str) -> str:
+    """Mean +- std over the runs that measured ``metric`` (in percent), or "-" when none did."""
+    values = [100 * m[metric] for m in runs if metric in m]
+    return f"{np.mean(values):.1f} +- {np.std(values):.1f}" if values else "-"
 
 
 def table(results: list[dict], rows: list[str]) -> str:
@@ -106,9 +117,7 @@ def table(results: list[dict], rows: list[str]) -> str:
         runs = [r["metrics"] for r in results if r["row"] == row]
         if not runs:
             continue
-        cells = [
-            f"{100 * np.mean([m[k] for m in runs]):.1f} +- {100 * np.std([m[k] for m in runs]):.1f}" for k in METRICS
-        ]
+        cells = [cell(runs, k) for k in METRICS]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(runs)} |")
     return header + "\n".join(lines) + "\n"
 
@@ -119,6 +128,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--caption-noise", type=float, default=0.2, help="SynthScenes caption noise rate")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=["zeroshot", "retrieval", "pointing"],
+        default=["zeroshot", "retrieval"],
+        help="what `softclip eval` measures on each final model",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help="row names to run (default: all)")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once")
@@ -136,7 +153,7 @@ def main() -> None:
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
     run_minutes = sum(r["seconds"] for r in results) / 60
     footer = (
-        f"\n{args.model}, {args.steps} steps of batch {args.batch_size}; "
+        f"\n{args.model}, {args.steps} steps of batch {args.batch_size}, caption noise {args.caption_noise:g}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.parallel} runs at a time "
         f"with {args.threads} torch thread(s) each; {len(results)} runs took {run_minutes:.0f} min of run time "
         f"(training + evaluation, summed over runs).\nCommand: `{command}`\n"
