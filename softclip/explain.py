@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 from torch import nn
 
-from softclip.gradcam import gradcams, upsample
+from softclip.gradcam import DEFAULT_LAYERS, shifted_gradcams
 from softclip.heatmaps import WordHeatmap, panel
 from softclip.transform import PreprocessConfig, image_to_tensor, load_image, resize_and_crop
 from softclip.word_queries import (
@@ -65,18 +65,21 @@ def explain(
     method: str = DEFAULT_METHOD,
     phrases: bool = True,
     template: str = DEFAULT_TEMPLATE,
+    layers: str = DEFAULT_LAYERS,
+    shifts: bool = True,
 ) -> list[WordHeatmap]:
     """One Grad-CAM heatmap per content word and short phrase of ``caption`` (or per entry of ``words``).
 
     ``image`` is a path or a PIL image; heatmaps are over the preprocessed (resized, centre-cropped) image,
     ``[size, size]`` float32 in [0, 1]. ``words`` are words or phrases of the caption to explain instead.
-    ``method`` and ``template`` choose how a word becomes a text embedding (see the module docstring).
+    ``method`` and ``template`` choose how a word becomes a text embedding (``softclip.word_queries``);
+    ``layers`` and ``shifts`` how its Grad-CAM is taken (``softclip.gradcam``).
     """
     queries = find_queries(model, caption, words, phrases)
     config = _preprocess_config(model)
     pixels = image_to_tensor(load_image(image), config)[None].to(model_device(model))  # (1, 3, size, size)
-    cams, scores = gradcams(model, pixels, query_embeddings(model, caption, queries, method, template))
-    heatmaps = upsample(cams, config.size)
+    embeddings = query_embeddings(model, caption, queries, method, template)
+    heatmaps, scores = shifted_gradcams(model, pixels, embeddings, layers, shifts)
     return [WordHeatmap(q.text, heatmap, float(score)) for q, heatmap, score in zip(queries, heatmaps, scores)]
 
 
@@ -87,9 +90,11 @@ def explain_panel(
     words: Sequence[str] | None = None,
     *,
     method: str = DEFAULT_METHOD,
+    layers: str = DEFAULT_LAYERS,
+    shifts: bool = True,
     alpha: float = 0.5,
 ) -> Image.Image:
     """The preprocessed image next to one heatmap overlay per word of ``caption`` (see ``explain``), as one image."""
     source = load_image(image)
-    heatmaps = explain(model, source, caption, words, method=method)
+    heatmaps = explain(model, source, caption, words, method=method, layers=layers, shifts=shifts)
     return panel(resize_and_crop(source, _preprocess_config(model)), heatmaps, alpha)

@@ -178,21 +178,23 @@ class VisionTransformer(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.transformer(self.image_tokens(images)))
 
-    def feature_map(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Embedding (B, embed_dim) computed from the last block's ln_1 output for the patch tokens (B, width, g, g).
+    def feature_maps(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Embedding (B, embed_dim) and, for every block, its ln_1 output for the patch tokens (B, width, g, g).
 
-        Grad-CAM needs the map after that LayerNorm: before it, each token's gradient is orthogonal to the
-        token itself, which leaves sum_c w_c A_c without a reliable sign.
+        Grad-CAM needs the maps after that LayerNorm: before it, each token's gradient is orthogonal to the
+        token itself, which leaves sum_c w_c A_c without a reliable sign. Each block's normalised tokens are
+        rebuilt from its returned map, so that gradients of the embedding reach every map.
         """
-        tokens = self.transformer(self.image_tokens(images), stop=-1)
-        last = self.transformer.blocks[-1]
-        normed = last.ln_1(tokens)
-        feature_map = normed[:, 1:].transpose(1, 2).unflatten(2, (self.grid, self.grid))
-        # Rebuild the normalised tokens from the returned map so that gradients of the embedding reach it.
-        normed = torch.cat([normed[:, :1], feature_map.flatten(2).transpose(1, 2)], dim=1)
-        tokens = tokens + last.attn(normed)
-        tokens = tokens + last.mlp(last.ln_2(tokens))
-        return self.head(tokens), feature_map
+        tokens = self.image_tokens(images)
+        maps = []
+        for block in self.transformer.blocks:
+            normed = block.ln_1(tokens)
+            feature_map = normed[:, 1:].transpose(1, 2).unflatten(2, (self.grid, self.grid))
+            normed = torch.cat([normed[:, :1], feature_map.flatten(2).transpose(1, 2)], dim=1)
+            tokens = tokens + block.attn(normed)
+            tokens = tokens + block.mlp(block.ln_2(tokens))
+            maps.append(feature_map)
+        return self.head(tokens), maps
 
     def encode_rois(self, rois: Tensor, roi_mask: Tensor) -> Tensor:
         """(B, K, roi_dim) regions -> (B, embed_dim). No positional embedding: the box coordinates carry position."""
@@ -307,10 +309,10 @@ class ModifiedResNet(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.attnpool(self.stages(self.stem(images)))
 
-    def feature_map(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Embedding (B, embed_dim) and the last stage's output (B, C, h, w) it is pooled from."""
+    def feature_maps(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Embedding (B, embed_dim) and [the last stage's output (B, C, h, w)] it is pooled from."""
         feature_map = self.stages(self.stem(images))
-        return self.attnpool(feature_map), feature_map
+        return self.attnpool(feature_map), [feature_map]
 
     def encode_rois(self, rois: Tensor, roi_mask: Tensor) -> Tensor:
         """(B, K, roi_dim) regions -> (B, embed_dim), pooled by the image path's attention pooling."""
@@ -449,14 +451,15 @@ class SoftCLIP(nn.Module):
         self.check_rois(rois, roi_mask)
         return F.normalize(self.visual.encode_rois(rois, roi_mask), dim=-1)
 
-    def image_feature_map(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """L2-normalised embedding (B, embed_dim) and the feature map (B, C, h, w) it is computed from, for Grad-CAM.
+    def image_feature_maps(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """L2-normalised embedding (B, embed_dim) and the feature maps [(B, C, h, w)] it is computed from, for Grad-CAM.
 
-        ResNet: the last stage's output. ViT: the patch tokens entering the last block, as (B, width, g, g).
+        ResNet: [the last stage's output]. ViT: the patch tokens entering each block, first to last, each
+        as (B, width, g, g).
         """
         self.check_images(images)
-        embedding, feature_map = self.visual.feature_map(images)
-        return F.normalize(embedding, dim=-1), feature_map
+        embedding, feature_maps = self.visual.feature_maps(images)
+        return F.normalize(embedding, dim=-1), feature_maps
 
     def forward(
         self,

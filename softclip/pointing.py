@@ -11,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 from softclip.explain import explain
+from softclip.gradcam import DEFAULT_LAYERS
 from softclip.word_queries import DEFAULT_METHOD, DEFAULT_TEMPLATE
 
 
@@ -68,18 +69,30 @@ def pointing_game(
     scenes: Iterable[PointingScene | tuple],
     method: str = DEFAULT_METHOD,
     template: str = DEFAULT_TEMPLATE,
+    layers: str = DEFAULT_LAYERS,
+    shifts: bool = True,
 ) -> float:
     """Fraction of scenes whose query heatmap peaks inside the scene's box (see ``pointing_hits``).
 
     Each scene is a ``PointingScene`` or a tuple ``(image, query, box)`` or ``(image, query, box, caption)``;
     the query is explained in its caption's context, or inside ``template`` when the scene has no caption.
+    ``method``, ``template``, ``layers`` and ``shifts`` are ``explain``'s.
     """
     heatmaps, boxes = [], []
     for scene in scenes:
         scene = PointingScene(*scene)
         caption = scene.caption if scene.caption is not None else template.format(scene.query)
         heatmaps.append(
-            explain(model, scene.image, caption, [scene.query], method=method, template=template)[0].heatmap
+            explain(
+                model,
+                scene.image,
+                caption,
+                [scene.query],
+                method=method,
+                template=template,
+                layers=layers,
+                shifts=shifts,
+            )[0].heatmap
         )
         boxes.append(scene.box)
     if not heatmaps:

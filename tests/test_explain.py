@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from softclip.config import load_config
 from softclip.explain import explain, explain_panel, find_queries
-from softclip.gradcam import gradcam, gradcams, normalise_cam
+from softclip.gradcam import gradcam, gradcams, normalise_cam, shifted_gradcams
 from softclip.heatmaps import COLORMAP, WordHeatmap, colorize, overlay, panel
 from softclip.model import SoftCLIP, create_model
 from softclip.pointing import PointingScene, pointing_game, pointing_hits, random_peak_baseline
@@ -57,9 +57,9 @@ class ColourIndicatorModel(nn.Module):
         close = (distance < 0.05).float() + 0.0 * distance  # keeps the map in the graph of the pixels
         return F.adaptive_avg_pool2d(close, self.grid)
 
-    def image_feature_map(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def image_feature_maps(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         feature_map = self.features(images)
-        return F.normalize(feature_map.mean(dim=(2, 3)), dim=-1), feature_map
+        return F.normalize(feature_map.mean(dim=(2, 3)), dim=-1), [feature_map]
 
     def encode_text(self, input_ids: Tensor) -> Tensor:
         words = [self.tokenizer.decode(row).replace(".", " ").split() for row in input_ids]
@@ -75,9 +75,9 @@ class LinearHeadModel(nn.Module):
         self.fixed = nn.Parameter(feature_map)
         self.weight = nn.Parameter(weight)  # (D, C)
 
-    def image_feature_map(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        feature_map = self.fixed[None] + 0.0 * images.sum()  # (1, C, h, w)
-        return F.normalize(feature_map.mean(dim=(2, 3)) @ self.weight.T, dim=-1), feature_map
+    def image_feature_maps(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        feature_map = self.fixed.expand(len(images), -1, -1, -1) + 0.0 * images.sum()  # (B, C, h, w)
+        return F.normalize(feature_map.mean(dim=(2, 3)) @ self.weight.T, dim=-1), [feature_map]
 
 
 def closed_form_gradcam(feature_map: np.ndarray, weight: np.ndarray, text: np.ndarray) -> np.ndarray:
@@ -145,6 +145,47 @@ def test_each_colour_word_points_at_its_own_square(colour_tokenizer: Tokenizer, 
         for item in heatmaps:
             assert item.heatmap.shape == (32, 32) and item.heatmap.dtype == np.float32
             assert item.heatmap.min() >= 0 and item.heatmap.max() == pytest.approx(1.0)
+
+
+def centroid(heatmap: np.ndarray) -> tuple[float, float]:
+    """(x, y) of a heatmap's centre of mass, in pixels (pixel centres at +0.5)."""
+    ys, xs = np.indices(heatmap.shape) + 0.5
+    return float((xs * heatmap).sum() / heatmap.sum()), float((ys * heatmap).sum() / heatmap.sum())
+
+
+@pytest.mark.parametrize("shifts", [False, True])
+def test_shifted_maps_are_moved_back_onto_the_object(colour_tokenizer: Tokenizer, shifts: bool) -> None:
+    # A 4-pixel red square filling feature cell (3, 2) exactly; a shifted pass sees it across two cells,
+    # so a pass moved back the wrong way (or not at all) would pull the map's centre off the square's.
+    # The blue square makes the similarity to "red" less than 1, so that it has a gradient.
+    model = ColourIndicatorModel(colour_tokenizer)
+    image = Image.new("RGB", (32, 32), "black")
+    ImageDraw.Draw(image).rectangle([12, 8, 15, 11], fill=COLOURS["red"])
+    ImageDraw.Draw(image).rectangle([24, 24, 27, 27], fill=COLOURS["blue"])
+    pixels = image_to_tensor(image, model.preprocess_config)[None]
+    text = F.one_hot(torch.tensor([list(COLOURS).index("red")]), len(COLOURS)).float()
+    heatmaps, scores = shifted_gradcams(model, pixels, text, shifts=shifts)
+    assert heatmaps.shape == (1, 32, 32) and scores.shape == (1,) and heatmaps.max() == pytest.approx(1.0)
+    x, y = centroid(heatmaps[0])
+    assert abs(x - 14.0) < 0.25 and abs(y - 10.0) < 0.25  # a pass left unmoved would be 1 pixel off, reversed 2
+
+
+def test_all_layers_is_the_mean_of_each_blocks_gradcam_and_last_is_the_last_block() -> None:
+    torch.manual_seed(0)
+    model = create_model("tiny-vit").eval()
+    image, text = torch.randn(1, 3, 64, 64), torch.randn(model.config.embed_dim)
+    with torch.enable_grad():
+        embedding, feature_maps = model.image_feature_maps(image.requires_grad_(True))
+        similarity = embedding[0] @ F.normalize(text, dim=0)
+        gradients = torch.autograd.grad(similarity, feature_maps)
+    by_hand = []
+    for feature_map, gradient in zip(feature_maps, gradients):
+        cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * feature_map).sum(dim=1))[0]
+        by_hand.append(normalise_cam(cam.detach().numpy()))
+    np.testing.assert_allclose(gradcam(model, image, text, layers="last"), by_hand[-1], atol=1e-5)
+    np.testing.assert_allclose(gradcam(model, image, text), normalise_cam(np.mean(by_hand, axis=0)), atol=1e-5)
+    with pytest.raises(ValueError, match="layers must be one of all, last"):
+        gradcam(model, image, text, layers="first")
 
 
 def test_the_contribution_of_a_word_is_zero_on_the_other_square(colour_tokenizer: Tokenizer) -> None:
@@ -336,12 +377,12 @@ TOY_CONFIG = {
 }
 
 
-def test_vit_map_is_the_last_blocks_normalised_tokens_and_gives_the_embedding() -> None:
+def test_vit_maps_are_each_blocks_normalised_tokens_and_give_the_embedding() -> None:
     torch.manual_seed(0)
     model = SoftCLIP(load_config("tiny-vit")).eval()
     images = torch.randn(2, 3, 64, 64)
-    embedding, feature_map = model.image_feature_map(images)
-    assert feature_map.shape == (2, 192, 8, 8)
+    embedding, feature_maps = model.image_feature_maps(images)
+    assert [tuple(m.shape) for m in feature_maps] == [(2, 192, 8, 8)] * 4  # one per block
     torch.testing.assert_close(embedding, model.encode_image(images), atol=1e-5, rtol=1e-4)
 
 

@@ -59,9 +59,9 @@ def test_every_preset_runs_shapes_through_on_meta(name: str) -> None:
             torch.ones(2, built.config.max_rois, dtype=torch.bool),
         )
         out = built(images, ids, rois=rois, roi_mask=mask, tags=ids[:, :5])
-        embedding, feature_map = built.image_feature_map(images)
+        embedding, feature_maps = built.image_feature_maps(images)
     assert all(out[key].shape == (2, dim) for key in out if key.endswith("features"))
-    assert embedding.shape == (2, dim) and feature_map.ndim == 4
+    assert embedding.shape == (2, dim) and all(feature_map.ndim == 4 for feature_map in feature_maps)
 
 
 def test_logit_scale_starts_at_config_value() -> None:
@@ -162,19 +162,20 @@ def test_text_pools_at_the_end_of_text_token(model: SoftCLIP) -> None:
     torch.testing.assert_close(other_word[1], padded[1], atol=1e-5, rtol=1e-5)
 
 
-def test_image_feature_map_feeds_the_image_embedding(model: SoftCLIP) -> None:
+def test_image_feature_maps_feed_the_image_embedding(model: SoftCLIP) -> None:
     images = random_images(model)
-    embedding, feature_map = model.image_feature_map(images)
+    embedding, feature_maps = model.image_feature_maps(images)
     vision = model.config.vision
     if vision.kind == "vit":
         grid = vision.image_size // vision.patch_size
-        assert feature_map.shape == (2, vision.width, grid, grid)
+        assert [tuple(m.shape) for m in feature_maps] == [(2, vision.width, grid, grid)] * vision.layers
     else:
-        assert feature_map.shape == (2, vision.width * 32, vision.image_size // 32, vision.image_size // 32)
+        side = vision.image_size // 32
+        assert [tuple(m.shape) for m in feature_maps] == [(2, vision.width * 32, side, side)]
     with torch.no_grad():
         torch.testing.assert_close(embedding, model.encode_image(images), atol=1e-5, rtol=1e-5)
-    (gradient,) = torch.autograd.grad(embedding[:, 0].sum(), feature_map)
-    assert gradient.abs().sum() > 0
+    gradients = torch.autograd.grad(embedding[:, 0].sum(), feature_maps)
+    assert all(gradient.abs().sum() > 0 for gradient in gradients)  # every map is in the embedding's graph
 
 
 def test_bad_inputs_are_refused_with_the_expected_shape(model: SoftCLIP) -> None:
