@@ -34,7 +34,16 @@ ROWS = {
     "SoftCLIP, grad targets, align": ("softclip", False, 1.0),
     "control: CLIP + ROI-tag align": ("clip", False, 1.0),
 }
-METRICS = ("shape_top1", "colour_shape_top1", "colour_shape_held_out_top1", "i2t_r1", "t2i_r1", "pointing")
+METRICS = (
+    "shape_top1",
+    "colour_shape_top1",
+    "colour_shape_held_out_top1",
+    "i2t_r1",
+    "t2i_r1",
+    "i2t_match_r1",
+    "t2i_match_r1",
+    "pointing",
+)
 
 
 def slug(name: str) -> str:

@@ -12,7 +12,7 @@ from PIL import Image
 from softclip import create_model
 from softclip.cli import main
 from softclip.training.evaluate import caption_table, class_folder
-from softclip.training.metrics import retrieval_recall, topk_accuracy
+from softclip.training.metrics import matching_recall, retrieval_recall, topk_accuracy
 
 EYE = np.eye(4, dtype=np.float32)
 
@@ -41,6 +41,20 @@ def test_retrieval_perfect_and_reversed() -> None:
     assert perfect == {"i2t_r1": 1.0, "t2i_r1": 1.0}
     wrong = retrieval_recall(EYE, EYE, np.array([1, 0, 3, 2]), ks=(1,))
     assert wrong == {"i2t_r1": 0.0, "t2i_r1": 0.0}
+
+
+def test_matching_recall_counts_any_image_a_caption_fits() -> None:
+    # Caption 1 ranks image 0 first; it belongs to image 1 but is also true of image 0.
+    images = EYE[:2]
+    texts = np.stack([EYE[0], EYE[0] * 0.9 + EYE[1] * 0.1])
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    fits = np.array([[True, True], [False, True]])  # fits[image, text]
+    own = retrieval_recall(images, texts, np.array([0, 1]), ks=(1,))
+    matched = matching_recall(images, texts, lambda i, t: bool(fits[i, t]), ks=(1, 2))
+    assert own == {"i2t_r1": 1.0, "t2i_r1": 0.5}  # caption 1 misses its own image
+    assert matched["t2i_match_r1"] == 1.0 and matched["i2t_match_r1"] == 1.0
+    nothing_fits = matching_recall(images, texts, lambda i, t: False, ks=(1,))
+    assert nothing_fits == {"i2t_match_r1": 0.0, "t2i_match_r1": 0.0}
 
 
 def test_class_folder_and_caption_table(tmp_path: Path) -> None:

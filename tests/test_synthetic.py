@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from softclip.training.captions import caption_for, spatial_relation
+from softclip.training.captions import caption_fits, caption_for, spatial_relation
 from softclip.training.detector import detector_projection, simulate_detector
 from softclip.training.eval_sets import (
     held_out_compositions,
@@ -127,6 +127,37 @@ def test_clean_captions_are_true_varied_and_many_to_many(train: SynthScenes) -> 
     assert sum(len(set(cs)) >= 3 for cs in captions.values()) > 0.9 * len(captions)
     first = [cs[0] for cs in captions.values()]
     assert len(set(first)) < len(first)  # some caption is shared by several images
+
+
+def test_caption_fits_every_clean_caption_of_its_scene_and_no_noisy_one(train: SynthScenes) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        scene = train.scene(i)
+        assert all(caption_fits(c, scene) for c in train.clean_captions(i))
+        assert not caption_fits(caption_for(scene, rng, wrong_attribute=True), scene)
+
+
+def test_caption_fits_other_scenes_as_its_mentions_say(train: SynthScenes) -> None:
+    # On captions without relations or background words, caption_fits must agree with this file's own
+    # reading of the mentions, for captions of one scene asked of another.
+    plain = [c for i in range(200) for c in train.clean_captions(i) if not RELATION.search(c) and "back" not in c]
+    others = [train.scene(i) for i in range(200, 260)]
+    answers = [(caption_fits(c, s), caption_is_true(c, s)) for c in plain[:300] for s in others]
+    assert all(fits == expected for fits, expected in answers)
+    assert 0.01 < np.mean([fits for fits, _ in answers]) < 0.9  # many-to-many, yet far from everything
+
+
+def test_caption_fits_reads_relations_backgrounds_and_counts() -> None:
+    circle = SceneObject("circle", "red", "small", (0.0, 0.4, 0.2, 0.6))
+    star = SceneObject("star", "blue", "large", (0.6, 0.4, 0.9, 0.7))
+    scene = Scene([circle, star], "stripes", "grey")
+    assert caption_fits("a red circle to the left of the blue star.", scene)
+    assert not caption_fits("a red circle to the right of the blue star.", scene)
+    assert caption_fits("a photo of a large star on a striped grey background.", scene)
+    assert caption_fits("a small red circle against a grey backdrop.", scene)
+    assert not caption_fits("a red circle on a checkered background.", scene)
+    assert not caption_fits("two red circles.", scene) and not caption_fits("a small star.", scene)
+    assert not caption_fits("a red circle beside a blue star.", scene)  # not a caption softclip writes
 
 
 def test_spatial_relation_follows_the_larger_offset() -> None:

@@ -1,13 +1,19 @@
-"""SynthScenes captions: which objects a caption mentions, how it phrases them, and the wrong-attribute noise."""
+"""SynthScenes captions: which objects a caption mentions, how it phrases them, the wrong-attribute noise, and
+whether a caption is true of a scene (``caption_fits``: one caption fits many scenes)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
 from softclip.training.scenes import (
     ATTRIBUTE_VALUES,
+    COLOURS,
+    SHAPES,
+    SIZES,
     TEXTURE_WORDS,
     Scene,
     SceneObject,
@@ -160,3 +166,97 @@ def _fill_template(objects_text: str, scene: Scene, rng: np.random.Generator) ->
         template = _BACKGROUND_TEMPLATES[int(rng.integers(len(_BACKGROUND_TEMPLATES)))]
         return template.format(objs=objects_text, bg=" ".join(kept))
     return _PLAIN_TEMPLATES[int(rng.integers(len(_PLAIN_TEMPLATES)))].format(objs=objects_text)
+
+
+# ---- reading a caption back: is it true of a scene? --------------------------------------------------------------
+
+_RELATIONS = ("to the left of", "to the right of", "above", "below")
+_PHRASE = re.compile(
+    rf"(?P<det>a|an|the|{'|'.join(_NUMBER_WORDS)}) (?:(?P<size>{'|'.join(SIZES)}) )?"
+    rf"(?:(?P<colour>{'|'.join(COLOURS)}) )?(?P<noun>{'|'.join(SHAPES + tuple(_plural(s) for s in SHAPES))})"
+)
+_RELATION = re.compile(rf"(?P<first>.+?) (?P<relation>{'|'.join(_RELATIONS)}) (?P<second>.+)")
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    pattern = re.escape(template).replace(re.escape("{objs}"), "(?P<objs>.+)")
+    return re.compile(pattern.replace(re.escape("{bg}"), "(?P<bg>[a-z]+(?: [a-z]+)?)"))
+
+
+_TEMPLATE_PATTERNS = tuple(_template_pattern(t) for t in _BACKGROUND_TEMPLATES + _PLAIN_TEMPLATES)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """One noun phrase read back: which objects fit it and how many the determiner says there are."""
+
+    shape: str
+    colour: str | None
+    size: str | None
+    count: int | None  # exactly this many fit; None: at least one ("a red circle")
+
+    def fitting(self, scene: Scene) -> list[SceneObject]:
+        return [o for o in scene.objects if _fits(o, self.shape, self.colour, self.size)]
+
+    def holds(self, scene: Scene) -> bool:
+        found = len(self.fitting(scene))
+        return found >= 1 if self.count is None else found == self.count
+
+
+def _claim(phrase: str) -> _Claim | None:
+    match = _PHRASE.fullmatch(phrase)
+    if match is None:
+        return None
+    det, noun = match["det"], match["noun"]
+    shape = noun if noun in SHAPES else next(s for s in SHAPES if _plural(s) == noun)
+    count = {"a": None, "an": None, "the": 1}.get(det, _NUMBER_WORDS.index(det) if det in _NUMBER_WORDS else None)
+    return _Claim(shape, match["colour"], match["size"], count)
+
+
+@lru_cache(maxsize=65536)
+def _readings(caption: str) -> tuple[tuple[str | None, tuple], ...]:
+    """Every way ``caption`` parses: (background words or None, ((claim, relation, claim) or (claim,), ...))."""
+    readings = []
+    for pattern in _TEMPLATE_PATTERNS:
+        match = pattern.fullmatch(caption)
+        if match is None:
+            continue
+        parts = []
+        for phrase in re.split(r", | and ", match["objs"]):
+            related = _RELATION.fullmatch(phrase)
+            if related is not None:
+                parts.append((_claim(related["first"]), related["relation"], _claim(related["second"])))
+            else:
+                parts.append((_claim(phrase),))
+        if all(part[0] is not None and part[-1] is not None for part in parts):
+            readings.append((match.groupdict().get("bg"), tuple(parts)))
+    return tuple(readings)
+
+
+def _part_holds(part: tuple, scene: Scene) -> bool:
+    if len(part) == 1:
+        return part[0].holds(scene)
+    first, relation, second = part
+    return any(
+        spatial_relation(a, b) == relation for a in first.fitting(scene) for b in second.fitting(scene) if a is not b
+    )
+
+
+def _background_holds(words: str | None, scene: Scene) -> bool:
+    texture, tone = TEXTURE_WORDS[scene.background], scene.tone
+    return words is None or words in (f"{texture} {tone}", texture, tone)
+
+
+def caption_fits(caption: str, scene: Scene) -> bool:
+    """Whether ``caption`` (as ``caption_for`` writes them, without noise) is true of ``scene``.
+
+    Captions mention only some objects, so one caption fits many scenes: "a hexagon." fits every scene
+    with a hexagon. "a"/"an" asks for at least one fitting object, "the" for exactly one, a number word for
+    exactly that many; a relation holds when some object of the first phrase has it to some object of
+    the second; background words must name the scene's texture and/or tone. A caption that does not
+    parse fits no scene.
+    """
+    return any(
+        _background_holds(words, scene) and all(_part_holds(part, scene) for part in parts)
+        for words, parts in _readings(caption)
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,28 @@ def retrieval_recall(image_embeds: np.ndarray, text_embeds: np.ndarray, text_ima
     for k in ks:
         metrics[f"i2t_r{k}"] = float((first_hit < k).mean())
         metrics[f"t2i_r{k}"] = float((image_hit < k).mean())
+    return metrics
+
+
+def matching_recall(
+    image_embeds: np.ndarray, text_embeds: np.ndarray, fits: Callable[[int, int], bool], ks=(1, 5)
+) -> dict:
+    """Recall@k both ways where any match counts, for captions that fit many images: ``fits(image, text)``.
+
+    Image to text: an image counts when some caption in its top k is true of it (``i2t_match_r{k}``).
+    Text to image: a caption counts when some image in its top k is one it is true of (``t2i_match_r{k}``).
+    Only the top k of each ranking are checked.
+    """
+    sims = image_embeds @ text_embeds.T  # (I, T)
+    depth = max(ks)
+    top_texts = np.argsort(-sims, axis=1, kind="stable")[:, :depth]
+    top_images = np.argsort(-sims.T, axis=1, kind="stable")[:, :depth]
+    i2t = np.array([[fits(i, int(t)) for t in row] for i, row in enumerate(top_texts)], dtype=bool).reshape(-1, depth)
+    t2i = np.array([[fits(int(i), t) for i in row] for t, row in enumerate(top_images)], dtype=bool).reshape(-1, depth)
+    metrics = {}
+    for k in ks:
+        metrics[f"i2t_match_r{k}"] = float(i2t[:, :k].any(axis=1).mean())
+        metrics[f"t2i_match_r{k}"] = float(t2i[:, :k].any(axis=1).mean())
     return metrics
 
 
