@@ -1,7 +1,8 @@
 """The paper's Table 5 ablation on SynthScenes, plus the rows that settle detach_targets and roi_tag_align.
 
 Every row trains the same model with the same steps, batch and seeds; only the loss changes. Each run's
-metrics are kept in OUT/runs/ROW-seedS.json, so an interrupted ablation continues where it stopped.
+metrics are kept in RESULTS/ROW-seedS.json (default OUT/runs), so an interrupted ablation continues where it
+stopped; `benchmarks/results/` keeps those of the runs in docs/results.md.
 Prints (and writes to OUT/table.md) zero-shot top-1 and retrieval R@1 as mean +- std over seeds.
 
     python benchmarks/ablation.py --steps 300 --seeds 0 1 2 --parallel 2 --out runs/ablation
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -89,8 +91,13 @@ def evaluate(checkpoint: Path, task: str, env: dict) -> dict:
     return json.loads(subprocess.run(command, check=True, env=env, capture_output=True, text=True).stdout)
 
 
+def recipe(args: argparse.Namespace) -> dict:
+    """What every row shares; a result is only tabulated with others of the same recipe."""
+    return {k: getattr(args, k) for k in ("model", "steps", "batch_size", "lr", "caption_noise")}
+
+
 def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
-    result_path = args.out / "runs" / f"{slug(row)}-seed{seed}.json"
+    result_path = args.results / f"{slug(row)}-seed{seed}.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     work = args.out / "work" / f"{slug(row)}-seed{seed}"
@@ -102,7 +109,8 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
     metrics = {}
     for task in args.tasks:
         metrics |= evaluate(work / "final", task, env)
-    result = {"row": row, "seed": seed, "seconds": time.perf_counter() - started, "metrics": metrics}
+    seconds = time.perf_counter() - started
+    result = {"row": row, "seed": seed, "recipe": recipe(args), "seconds": seconds, "metrics": metrics}
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2))
     print(
@@ -150,16 +158,23 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--table-only", action="store_true", help="tabulate the runs finished so far")
+    parser.add_argument(
+        "--results", type=Path, help="folder of the per-run metrics (default OUT/runs); keep it to continue elsewhere"
+    )
+    parser.add_argument(
+        "--table-only", action="store_true", help="tabulate the finished runs of this recipe (--model, --steps, ...)"
+    )
     args = parser.parse_args()
+    args.results = args.results or args.out / "runs"
     if args.table_only:
-        results = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
+        results = [json.loads(p.read_text()) for p in sorted(args.results.glob("*.json"))]
+        results = [r for r in results if r.get("recipe") == recipe(args)]
     else:
         jobs = [(row, seed) for seed in args.seeds for row in args.rows]  # every row once before any second seed
         with ThreadPoolExecutor(args.parallel) as pool:
             results = list(pool.map(lambda job: run_one(*job, args), jobs))
     text = table(results, args.rows)
-    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/ablation.py", *sys.argv[1:]])
     run_minutes = sum(r["seconds"] for r in results) / 60
     footer = (
         f"\n{args.model}, {args.steps} steps of batch {args.batch_size}, caption noise {args.caption_noise:g}; "
