@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 LAYERS = ("all", "last")
 DEFAULT_LAYERS = "all"
+MAX_ROWS = 16  # image copies differentiated in one batch (queries x shifts)
 
 
 @contextmanager
@@ -87,7 +88,8 @@ def _batched_gradcams(
     """Grad-CAMs of P images for Q text embeddings: ([P, Q, h, w] in [0, 1], [P, Q] cosine similarities).
 
     Each image is repeated once per text embedding, so one batched forward and one backward pass give
-    every pair's gradients (a row's similarity depends only on its own row).
+    every pair's gradients (a row's similarity depends only on its own row); at most ``MAX_ROWS`` rows
+    at a time, which bounds the memory a long caption can take.
     """
     _check_layers(layers)
     text_embeddings = torch.as_tensor(text_embeddings)
@@ -97,19 +99,33 @@ def _batched_gradcams(
     count, queries = len(images), len(targets)
     if queries == 0:
         return np.zeros((count, 0, 0, 0), np.float32), np.zeros((count, 0), np.float32)
+    pixels = images.detach().float().repeat_interleave(queries, dim=0)  # (P*Q, 3, H, W)
+    targets = targets.repeat(count, 1)  # (P*Q, D), row r pairs image r // Q with text r % Q
+    cams, similarities = [], []
+    for start in range(0, len(pixels), MAX_ROWS):
+        rows = slice(start, start + MAX_ROWS)
+        chunk_cams, chunk_similarities = _row_gradcams(model, pixels[rows], targets[rows], layers)
+        cams += chunk_cams
+        similarities.append(chunk_similarities)
+    shape = (count, queries, *cams[0].shape)
+    return np.stack(cams).reshape(shape), np.concatenate(similarities).reshape(count, queries)
+
+
+def _row_gradcams(
+    model: nn.Module, pixels: Tensor, targets: Tensor, layers: str
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Grad-CAM of row i of ``pixels`` (R, 3, H, W) for unit text embedding row i of ``targets`` (R, D)."""
     with eval_mode(model), torch.enable_grad():
         # Pixels that need a gradient give the feature maps a graph even when every weight is frozen.
-        pixels = images.detach().float().repeat_interleave(queries, dim=0).requires_grad_(True)  # (P*Q, 3, H, W)
-        embeddings, feature_maps = model.image_feature_maps(pixels)  # (P*Q, D) L2-normalised, [(P*Q, C, h, w)]
+        embeddings, feature_maps = model.image_feature_maps(pixels.requires_grad_(True))  # (R, D), [(R, C, h, w)]
         feature_maps = feature_maps if layers == "all" else feature_maps[-1:]
-        similarities = (embeddings.float() * targets.repeat(count, 1).to(embeddings.device)).sum(dim=-1)
+        similarities = (embeddings.float() * targets.to(embeddings.device)).sum(dim=-1)  # (R,)
         gradients = _gradients(similarities.sum(), feature_maps)
     cams = [
         _mean_cam([m[row : row + 1] for m in feature_maps], [g[row : row + 1] for g in gradients])
-        for row in range(count * queries)
+        for row in range(len(pixels))
     ]
-    cams = np.stack(cams).reshape(count, queries, *cams[0].shape)
-    return cams, similarities.detach().cpu().numpy().astype(np.float32).reshape(count, queries)
+    return cams, similarities.detach().cpu().numpy().astype(np.float32)
 
 
 def _mean_cam(feature_maps: list[Tensor], gradients: list[Tensor]) -> np.ndarray:

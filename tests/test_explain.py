@@ -298,6 +298,17 @@ def test_explain_on_a_real_model_gives_one_image_sized_map_per_query(word_model:
         assert 0 <= item.heatmap.min() and item.heatmap.max() <= 1 and -1 <= item.score <= 1
 
 
+def test_maps_do_not_depend_on_how_many_rows_are_differentiated_at_once(word_model: nn.Module, monkeypatch) -> None:
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    caption = "a red circle left of a blue star"
+    whole = explain(word_model, image, caption)  # 6 words x 4 shifts = 24 rows: two batches of 16 rows
+    monkeypatch.setattr("softclip.gradcam.MAX_ROWS", 5)
+    chunked = explain(word_model, image, caption)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-4)
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
 # ---- drawing -----------------------------------------------------------------------------------------------------
 
 
