@@ -6,6 +6,8 @@ and SoftCLIPLoss, and writes the loss and gradients to ``rank<r>.pt`` in the out
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
 from pathlib import Path
 
@@ -57,8 +59,16 @@ def main(data_path: str, out_dir: str) -> None:
     }
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()  # neither rank tears gloo down while the other may still be talking to it
+    # DDP's reducer keeps gloo work objects that hold tensors; destroyed during interpreter shutdown they
+    # abort the process ("terminate called without an active exception", seen on a loaded machine). Free
+    # them while Python is fully alive, then leave without the interpreter's own teardown.
+    del model, outputs, losses, result
+    gc.collect()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
