@@ -177,26 +177,23 @@ def shifted_gradcams(
     """Grad-CAM at the image's own resolution: ([Q, H, W] in [0, 1], [Q] cosine similarities of the image as given).
 
     With ``shifts``, the maps of the image moved by half a feature cell right, down and both are moved
-    back and averaged with the image's own (each pixel over the passes that saw it); all four passes run
-    as one batch.
+    back and averaged with the image's own (each pixel over the passes that saw it); the three moved
+    copies run as one batch.
     """
     _check_image_tensor(image_tensor)
     size = tuple(image_tensor.shape[-2:])
-    offsets = _half_cell_offsets(model, image_tensor) if shifts else [(0, 0)]
-    images = torch.cat([_move(image_tensor, dx, dy) for dx, dy in offsets])
-    cams, similarities = _batched_gradcams(model, images, text_embeddings, layers)  # (P, Q, h, w), (P, Q)
+    cams, similarities = _batched_gradcams(model, image_tensor, text_embeddings, layers)  # (1, Q, h, w), (1, Q)
     if cams.shape[1] == 0:
         return np.zeros((0, *size), np.float32), similarities[0]
+    offsets = [(0, 0)]
+    if shifts:  # the grid of the unmoved pass says how far half a feature cell is
+        cell_y, cell_x = (max(1, side // (2 * grid)) for side, grid in zip(size, cams.shape[-2:]))
+        moves = [(cell_x, 0), (0, cell_y), (cell_x, cell_y)]
+        moved = torch.cat([_move(image_tensor, dx, dy) for dx, dy in moves])
+        cams = np.concatenate([cams, _batched_gradcams(model, moved, text_embeddings, layers)[0]])
+        offsets += moves
     total, coverage = np.zeros((cams.shape[1], *size), np.float32), np.zeros(size, np.float32)
-    for (dx, dy), moved in zip(offsets, cams):
-        total[:, : size[0] - dy, : size[1] - dx] += upsample(moved, size)[:, dy:, dx:]
+    for (dx, dy), pass_cams in zip(offsets, cams):
+        total[:, : size[0] - dy, : size[1] - dx] += upsample(pass_cams, size)[:, dy:, dx:]
         coverage[: size[0] - dy, : size[1] - dx] += 1
     return np.stack([normalise_cam(cam) for cam in total / coverage]), similarities[0]
-
-
-def _half_cell_offsets(model: nn.Module, image_tensor: Tensor) -> list[tuple[int, int]]:
-    """(dx, dy) of the unmoved image and of the moves by half a feature cell right, down and both."""
-    with torch.no_grad(), eval_mode(model):
-        grid_y, grid_x = model.image_feature_maps(image_tensor.float())[1][-1].shape[-2:]
-    cell_y, cell_x = (max(1, side // (2 * grid)) for side, grid in zip(image_tensor.shape[-2:], (grid_y, grid_x)))
-    return [(0, 0), (cell_x, 0), (0, cell_y), (cell_x, cell_y)]

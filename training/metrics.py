@@ -81,8 +81,18 @@ def zeroshot(
     return topk_accuracy(embed_images(encoder, images), class_embeds, np.asarray(targets))
 
 
-def retrieval(encoder: Encoder, images: Sequence, captions: Sequence[Sequence[str]]) -> dict:
-    """Retrieval recall for images each with a list of captions."""
+def retrieval(
+    encoder: Encoder,
+    images: Sequence,
+    captions: Sequence[Sequence[str]],
+    fits: Callable[[int, str], bool] | None = None,
+) -> dict:
+    """Retrieval recall for images each with a list of captions; with ``fits(image index, caption)``, also
+    the recall that counts any image a caption is true of (``matching_recall``)."""
     texts = [text for group in captions for text in group]
     owners = np.array([i for i, group in enumerate(captions) for _ in group])
-    return retrieval_recall(embed_images(encoder, images), encoder.encode_texts(texts), owners)
+    image_embeds, text_embeds = embed_images(encoder, images), encoder.encode_texts(texts)
+    metrics = retrieval_recall(image_embeds, text_embeds, owners)
+    if fits is not None:
+        metrics |= matching_recall(image_embeds, text_embeds, lambda image, text: fits(image, texts[text]))
+    return metrics

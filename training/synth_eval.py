@@ -9,7 +9,7 @@ import numpy as np
 from softclip.encoder import Encoder, open_encoder
 from softclip.training import eval_sets
 from softclip.training.captions import caption_fits
-from softclip.training.metrics import embed_images, matching_recall, retrieval_recall, topk_accuracy
+from softclip.training.metrics import embed_images, retrieval, topk_accuracy
 from softclip.zeroshot import label_embeddings
 
 
@@ -41,11 +41,7 @@ def retrieval_metrics(encoder: Encoder, n: int = 1000, image_size: int = 64) -> 
     ("a hexagon."): instance-level recall counts those as misses, the ``*_match_*`` recall does not.
     """
     data = eval_sets.retrieval_set(n, image_size=image_size)
-    texts = [text for group in data.captions for text in group]
-    owners = np.array([i for i, group in enumerate(data.captions) for _ in group])
-    image_embeds, text_embeds = embed_images(encoder, data.images), encoder.encode_texts(texts)
-    own = retrieval_recall(image_embeds, text_embeds, owners)
-    return own | matching_recall(image_embeds, text_embeds, lambda i, t: caption_fits(texts[t], data.scenes[i]))
+    return retrieval(encoder, data.images, data.captions, fits=lambda i, caption: caption_fits(caption, data.scenes[i]))
 
 
 def pointing(model, n: int = 500, image_size: int = 64) -> dict:
