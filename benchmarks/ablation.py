@@ -1,4 +1,4 @@
-"""The paper's Table 5 ablation on SynthScenes, plus the rows that settle detach_targets and roi_tag_align.
+"""The paper's Table 5 ablation and Fig. 5b beta sweep on SynthScenes, plus the rows that settle two switches.
 
 Every row trains the same model with the same steps, batch and seeds; only the loss changes. Each run's
 metrics are kept in RESULTS/ROW-seedS.json (default OUT/runs), so an interrupted ablation continues where it
@@ -20,22 +20,36 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-# name -> (variant, detach_targets, roi_tag_align). Table 5 rows use the softclip defaults for the switches
-# (None): detached targets with ROI-tag alignment, so "SoftCLIP, detached, align" is the SoftCLIP row.
+
+class Row(NamedTuple):
+    """One loss setting; None leaves a switch at softclip's default."""
+
+    variant: str
+    detach_targets: bool | None = None
+    roi_tag_align: float | None = None
+    beta: float | None = None
+
+
+# Table 5 rows use the softclip defaults for the switches (None): detached targets with ROI-tag alignment, so
+# "+ symmetric KL (SoftCLIP)" is the SoftCLIP row (beta 0.3).
 ROWS = {
-    "CLIP": ("clip", False, 0.0),
-    "+ label smoothing": ("label_smoothing", False, 0.0),
-    "CLIP + soft loss": ("soft", None, None),
-    "+ relation-enhanced": ("soft_relation", None, None),
-    "+ symmetric KL (SoftCLIP)": ("softclip", None, None),
-    "SoftCLIP, grad targets, no align": ("softclip", False, 0.0),
-    "SoftCLIP, detached, no align": ("softclip", True, 0.0),
-    "SoftCLIP, grad targets, align": ("softclip", False, 1.0),
-    "control: CLIP + ROI-tag align": ("clip", False, 1.0),
+    "CLIP": Row("clip", False, 0.0),
+    "+ label smoothing": Row("label_smoothing", False, 0.0),
+    "CLIP + soft loss": Row("soft"),
+    "+ relation-enhanced": Row("soft_relation"),
+    "+ symmetric KL (SoftCLIP)": Row("softclip"),
+    "SoftCLIP, grad targets, no align": Row("softclip", False, 0.0),
+    "SoftCLIP, detached, no align": Row("softclip", True, 0.0),
+    "SoftCLIP, grad targets, align": Row("softclip", False, 1.0),
+    "control: CLIP + ROI-tag align": Row("clip", False, 1.0),
 }
+# the paper's Fig. 5b sweep; beta 0.3 is the SoftCLIP row itself
+ROWS |= {f"SoftCLIP, beta {beta:g}": Row("softclip", beta=beta) for beta in (0.1, 0.2, 0.4, 0.5)}
+
 METRICS = (
     "shape_top1",
     "colour_shape_top1",
@@ -53,7 +67,7 @@ def slug(name: str) -> str:
 
 
 def train_command(row: str, seed: int, args: argparse.Namespace, out: Path) -> list[str]:
-    variant, detach, align = ROWS[row]
+    loss = ROWS[row]
     command = [
         sys.executable,
         "-m",
@@ -62,7 +76,7 @@ def train_command(row: str, seed: int, args: argparse.Namespace, out: Path) -> l
         "--model",
         args.model,
         "--loss",
-        variant,
+        loss.variant,
         "--steps",
         str(args.steps),
         "--batch-size",
@@ -79,10 +93,12 @@ def train_command(row: str, seed: int, args: argparse.Namespace, out: Path) -> l
         "--caption-noise",
         str(args.caption_noise),
     ]
-    if detach is not None:
-        command.append("--detach-targets" if detach else "--no-detach-targets")
-    if align is not None:
-        command += ["--roi-tag-align", str(align)]
+    if loss.detach_targets is not None:
+        command.append("--detach-targets" if loss.detach_targets else "--no-detach-targets")
+    if loss.roi_tag_align is not None:
+        command += ["--roi-tag-align", str(loss.roi_tag_align)]
+    if loss.beta is not None:
+        command += ["--beta", str(loss.beta)]
     return command
 
 

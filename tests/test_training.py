@@ -226,3 +226,23 @@ def test_train_options_left_out_keep_the_configs_defaults() -> None:
     config = train_config(build_parser().parse_args(argv))
     loss = LossConfig(variant="clip", detach_targets=False)
     assert config == TrainConfig(loss=loss, init_tokenizer="vocab/", evaluate=False, lr=1e-5)
+
+
+def test_every_ablation_row_trains_the_loss_it_names() -> None:
+    import argparse
+    import importlib.util
+
+    from softclip.cli import build_parser
+    from softclip.cli.train import train_config
+
+    path = Path(__file__).parents[1] / "benchmarks" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    recipe = argparse.Namespace(model="tiny-vit", steps=3, batch_size=8, lr=1e-3, caption_noise=0.0)
+    assert len({ablation.slug(name) for name in ablation.ROWS}) == len(ablation.ROWS)  # one result file per row
+    for name, row in ablation.ROWS.items():
+        command = ablation.train_command(name, 0, recipe, Path("out"))
+        loss = train_config(build_parser().parse_args(command[command.index("train") :])).loss
+        for field, expected in row._asdict().items():
+            assert getattr(loss, field) == (getattr(LossConfig(), field) if expected is None else expected), name
