@@ -327,10 +327,7 @@ def _explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="heatmaps.png", help="PNG to write")
     parser.add_argument("--words", default=None, help="comma-separated words or phrases to explain instead")
     parser.add_argument(
-        "--layers",
-        choices=["all", "last"],
-        default="all",
-        help="Grad-CAM at every ViT block, averaged (default), or at the last block only",
+        "--layers", help="all: Grad-CAM at every ViT block, averaged (default); last: at the last block only"
     )
     parser.add_argument(
         "--no-shifts", action="store_true", help="one pass instead of averaging over half-cell shifts of the image"
@@ -338,11 +335,13 @@ def _explain(parser: argparse.ArgumentParser) -> None:
 
     def run(args: argparse.Namespace) -> int:
         from softclip.explain import explain_panel
+        from softclip.gradcam import DEFAULT_LAYERS
         from softclip.pretrained import from_pretrained
 
         words = labels_option(args.words, "--words") if args.words else None
         model = from_pretrained(args.model)
-        panel = explain_panel(model, args.image, args.caption, words, layers=args.layers, shifts=not args.no_shifts)
+        layers = args.layers or DEFAULT_LAYERS  # gradcam names the choices when this is none of them
+        panel = explain_panel(model, args.image, args.caption, words, layers=layers, shifts=not args.no_shifts)
         panel.save(args.out)
         print(args.out)
         return 0

@@ -41,6 +41,8 @@ def test_retrieval_perfect_and_reversed() -> None:
     assert perfect == {"i2t_r1": 1.0, "t2i_r1": 1.0}
     wrong = retrieval_recall(EYE, EYE, np.array([1, 0, 3, 2]), ks=(1,))
     assert wrong == {"i2t_r1": 0.0, "t2i_r1": 0.0}
+    captionless = retrieval_recall(EYE, EYE[:2], np.arange(2), ks=(1,))  # images 2 and 3 have no caption
+    assert captionless["i2t_r1"] == 0.5
 
 
 def test_matching_recall_counts_any_image_a_caption_fits() -> None:

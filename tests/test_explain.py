@@ -474,3 +474,6 @@ def test_cli_writes_a_heatmap_panel(tmp_path) -> None:
     )
     panel = Image.open(out)
     assert panel.width > 64 and panel.height >= 64
+    bad_layers = ["explain", str(tmp_path / "red.png"), "a red circle", "--model", str(checkpoint), "--layers", "first"]
+    assert main([*bad_layers, "--out", str(tmp_path / "bad.png")]) == 2
+    assert not (tmp_path / "bad.png").exists()

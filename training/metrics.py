@@ -25,17 +25,8 @@ def retrieval_recall(image_embeds: np.ndarray, text_embeds: np.ndarray, text_ima
     Text to image: a caption counts when its image is in its top k.
     """
     text_image = np.asarray(text_image)
-    sims = image_embeds @ text_embeds.T  # (I, T)
-    text_ranks = np.argsort(-sims, axis=1, kind="stable")  # per image, captions best first
-    caption_owner = text_image[text_ranks]  # (I, T): the image each ranked caption belongs to
-    first_hit = (caption_owner == np.arange(len(image_embeds))[:, None]).argmax(axis=1)
-    image_ranks = np.argsort(-sims.T, axis=1, kind="stable")  # per caption, images best first
-    image_hit = (image_ranks == text_image[:, None]).argmax(axis=1)
-    metrics = {}
-    for k in ks:
-        metrics[f"i2t_r{k}"] = float((first_hit < k).mean())
-        metrics[f"t2i_r{k}"] = float((image_hit < k).mean())
-    return metrics
+    i2t, t2i = _top_k_fits(image_embeds, text_embeds, lambda image, text: text_image[text] == image, max(ks))
+    return _recall_at(i2t, t2i, ks, "r")
 
 
 def matching_recall(
@@ -45,18 +36,29 @@ def matching_recall(
 
     Image to text: an image counts when some caption in its top k is true of it (``i2t_match_r{k}``).
     Text to image: a caption counts when some image in its top k is one it is true of (``t2i_match_r{k}``).
-    Only the top k of each ranking are checked.
     """
+    i2t, t2i = _top_k_fits(image_embeds, text_embeds, fits, max(ks))
+    return _recall_at(i2t, t2i, ks, "match_r")
+
+
+def _top_k_fits(
+    image_embeds: np.ndarray, text_embeds: np.ndarray, fits: Callable[[int, int], bool], depth: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whether ``fits(image, text)`` holds for each image's top ``depth`` captions (I, depth) and each
+    caption's top ``depth`` images (T, depth), best first; only those are checked."""
     sims = image_embeds @ text_embeds.T  # (I, T)
-    depth = max(ks)
     top_texts = np.argsort(-sims, axis=1, kind="stable")[:, :depth]
     top_images = np.argsort(-sims.T, axis=1, kind="stable")[:, :depth]
-    i2t = np.array([[fits(i, int(t)) for t in row] for i, row in enumerate(top_texts)], dtype=bool).reshape(-1, depth)
-    t2i = np.array([[fits(int(i), t) for i in row] for t, row in enumerate(top_images)], dtype=bool).reshape(-1, depth)
+    i2t = np.array([[fits(i, int(t)) for t in row] for i, row in enumerate(top_texts)], dtype=bool)
+    t2i = np.array([[fits(int(i), t) for i in row] for t, row in enumerate(top_images)], dtype=bool)
+    return i2t.reshape(-1, top_texts.shape[1]), t2i.reshape(-1, top_images.shape[1])
+
+
+def _recall_at(i2t: np.ndarray, t2i: np.ndarray, ks, name: str) -> dict:
     metrics = {}
     for k in ks:
-        metrics[f"i2t_match_r{k}"] = float(i2t[:, :k].any(axis=1).mean())
-        metrics[f"t2i_match_r{k}"] = float(t2i[:, :k].any(axis=1).mean())
+        metrics[f"i2t_{name}{k}"] = float(i2t[:, :k].any(axis=1).mean())
+        metrics[f"t2i_{name}{k}"] = float(t2i[:, :k].any(axis=1).mean())
     return metrics
 
 
