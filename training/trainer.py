@@ -10,6 +10,7 @@ needs only the step counter, and a resumed run matches an uninterrupted one.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -335,4 +336,8 @@ def train(config: TrainConfig, resume: str | None = None) -> Path:
         return trainer.fit()
     finally:
         if dist.is_initialized():
+            # DDP's reducer holds gloo work objects; left for the interpreter's shutdown they can abort the
+            # process after training has finished, so they go while the process group is still alive
+            del trainer
+            gc.collect()
             dist.destroy_process_group()
