@@ -67,6 +67,17 @@ def test_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
 
 
+def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
+    assert Trainer(small_config(tmp_path)).fit(until=2) is None
+    with pytest.raises(ValueError, match=r"step_00000002.pt belongs to a run with other settings \(lr: "):
+        Trainer(small_config(tmp_path, lr=1e-3), resume="latest")
+    with pytest.raises(ValueError, match=r"loss: .*'beta': 0.3.* there, .*'beta': 0.1"):
+        Trainer(
+            small_config(tmp_path, loss=LossConfig(detach_targets=True, roi_tag_align=1.0, beta=0.1)), resume="latest"
+        )
+    assert Trainer(small_config(tmp_path, workers=1, save_every=5), resume="latest").step == 2
+
+
 def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
     trainer = Trainer(small_config(tmp_path, steps=1))
     trainer.fit()

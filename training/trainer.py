@@ -160,6 +160,7 @@ class Trainer:
         if path is None:
             return  # nothing to resume: a fresh run
         state = torch.load(path, map_location=self.dist.device, weights_only=True)
+        _check_resumable(state["config"], self.config, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -318,6 +319,22 @@ class Trainer:
             for name, value in scalars.items():
                 if isinstance(value, float | int) and name != "step":
                     self.tensorboard.add_scalar(f"{group}/{name}", value, record["step"])
+
+
+# What may change between a run and its resumption: where it writes and how often it saves, logs and measures.
+# Anything else (loss, data, schedule, seed) would silently splice two different runs together.
+RESUMABLE_CHANGES = frozenset({"out", "workers", "save_every", "eval_every", "evaluate", "log_every"})
+
+
+def _check_resumable(saved: dict, config: TrainConfig, checkpoint: Path) -> None:
+    now = asdict(config)
+    changed = [name for name in now if name not in RESUMABLE_CHANGES and saved.get(name) != now[name]]
+    if changed:
+        differences = "; ".join(f"{name}: {saved.get(name)!r} there, {now[name]!r} now" for name in changed)
+        raise ValueError(
+            f"{checkpoint} belongs to a run with other settings ({differences}): resume with that run's "
+            "settings, or train into a new --out"
+        )
 
 
 def tensorboard_writer(folder: Path):
