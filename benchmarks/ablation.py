@@ -1,9 +1,10 @@
 """The paper's Table 5 ablation and Fig. 5b beta sweep on SynthScenes, plus the rows that settle two switches.
 
 Every row trains the same model with the same steps, batch and seeds; only the loss changes. Each run's
-metrics are kept in RESULTS/ROW-seedS.json (default OUT/runs), so an interrupted ablation continues where it
-stopped; `benchmarks/results/` keeps those of the runs in docs/results.md.
-Prints (and writes to OUT/table.md) zero-shot top-1 and retrieval R@1 as mean +- std over seeds.
+metrics are kept in RESULTS/ROW-seedS.json (default OUT/runs), and each run checkpoints every SAVE_EVERY
+steps into OUT/work, so an interrupted ablation continues where it stopped, in the middle of a run too (use
+a new OUT for another recipe: a checkpoint refuses other settings). `benchmarks/results/` keeps the metrics
+of the runs in docs/results.md. Prints (and writes to OUT/table.md) each metric as mean +- std over seeds.
 
     python benchmarks/ablation.py --steps 300 --seeds 0 1 2 --parallel 2 --out runs/ablation
 """
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
+
+from softclip.training.checkpoints import latest_checkpoint
 
 
 class Row(NamedTuple):
@@ -49,6 +53,8 @@ ROWS = {
 }
 # the paper's Fig. 5b sweep; beta 0.3 is the SoftCLIP row itself
 ROWS |= {f"SoftCLIP, beta {beta:g}": Row("softclip", beta=beta) for beta in (0.1, 0.2, 0.4, 0.5)}
+
+SAVE_EVERY = 250  # steps between checkpoints: what a stopped run loses at most
 
 METRICS = (
     "shape_top1",
@@ -92,6 +98,11 @@ def train_command(row: str, seed: int, args: argparse.Namespace, out: Path) -> l
         str(args.lr),
         "--caption-noise",
         str(args.caption_noise),
+        # a run stopped part-way (a machine that goes away) continues from its last checkpoint, exactly
+        "--save-every",
+        str(SAVE_EVERY),
+        "--resume",
+        "latest",
     ]
     if loss.detach_targets is not None:
         command.append("--detach-targets" if loss.detach_targets else "--no-detach-targets")
@@ -118,6 +129,8 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
         return json.loads(result_path.read_text())
     work = args.out / "work" / f"{slug(row)}-seed{seed}"
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+    checkpoint = latest_checkpoint(work / "checkpoints")
+    resumed_from = int(torch.load(checkpoint, weights_only=True)["step"]) if checkpoint else 0
     started = time.perf_counter()
     subprocess.run(
         train_command(row, seed, args, work), check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -126,7 +139,14 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
     for task in args.tasks:
         metrics |= evaluate(work / "final", task, env)
     seconds = time.perf_counter() - started
-    result = {"row": row, "seed": seed, "recipe": recipe(args), "seconds": seconds, "metrics": metrics}
+    result = {
+        "row": row,
+        "seed": seed,
+        "recipe": recipe(args),
+        "seconds": seconds,  # of this sitting only, for a run resumed from step resumed_from
+        "resumed_from": resumed_from,
+        "metrics": metrics,
+    }
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2))
     print(
@@ -192,11 +212,13 @@ def main() -> None:
     text = table(results, args.rows)
     command = shlex.join(["python", "benchmarks/ablation.py", *sys.argv[1:]])
     run_minutes = sum(r["seconds"] for r in results) / 60
+    resumed = sum(1 for r in results if r.get("resumed_from"))
     footer = (
         f"\n{args.model}, {args.steps} steps of batch {args.batch_size}, caption noise {args.caption_noise:g}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.parallel} runs at a time "
         f"with {args.threads} torch thread(s) each; {len(results)} runs took {run_minutes:.0f} min of run time "
-        f"(training + evaluation, summed over runs).\nCommand: `{command}`\n"
+        f"(training + evaluation, summed over runs; {resumed} resumed runs count their last sitting only)."
+        f"\nCommand: `{command}`\n"
     )
     print(text + footer)
     (args.out / "table.md").write_text(text + footer)
