@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
-from softclip.training.checkpoints import latest_checkpoint
+from softclip.training.checkpoints import checkpoint_step, latest_checkpoint
 
 
 class Row(NamedTuple):
@@ -130,7 +129,7 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
     work = args.out / "work" / f"{slug(row)}-seed{seed}"
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
     checkpoint = latest_checkpoint(work / "checkpoints")
-    resumed_from = int(torch.load(checkpoint, weights_only=True)["step"]) if checkpoint else 0
+    resumed_from = checkpoint_step(checkpoint) if checkpoint else 0
     started = time.perf_counter()
     subprocess.run(
         train_command(row, seed, args, work), check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

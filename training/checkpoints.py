@@ -44,6 +44,11 @@ def has_regions(dataset: Dataset, probe: int = 16) -> bool:
     return any(dataset[index].roi_mask.any() for index in range(min(probe, len(dataset))))
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a ``step_00001234.pt`` checkpoint was written at, from its name."""
+    return int(path.stem.split("_")[1])
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
-    checkpoints = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    checkpoints = sorted(folder.glob("step_*.pt"), key=checkpoint_step)
     return checkpoints[-1] if checkpoints else None
