@@ -1,4 +1,4 @@
-"""The paper's Table 5 ablation and Fig. 5b beta sweep on SynthScenes, plus the rows that settle two switches.
+"""The paper's Table 5 ablation and Fig. 5b beta sweep on SynthScenes, plus rows for two switches, lambda and mu.
 
 Every row trains the same model with the same steps, batch and seeds; only the loss changes. Each run's
 metrics are kept in RESULTS/ROW-seedS.json (default OUT/runs), and each run checkpoints every SAVE_EVERY
@@ -35,6 +35,8 @@ class Row(NamedTuple):
     detach_targets: bool | None = None
     roi_tag_align: float | None = None
     beta: float | None = None
+    lam: float | None = None
+    mu: float | None = None
 
 
 # Table 5 rows use the softclip defaults for the switches (None): detached targets with ROI-tag alignment, so
@@ -52,6 +54,9 @@ ROWS = {
 }
 # the paper's Fig. 5b sweep; beta 0.3 is the SoftCLIP row itself
 ROWS |= {f"SoftCLIP, beta {beta:g}": Row("softclip", beta=beta) for beta in (0.1, 0.2, 0.4, 0.5)}
+# eq. 16's weights around softclip's defaults (lambda 1, mu 0.5): the relation-enhanced term and the CLIP term
+ROWS |= {f"SoftCLIP, lambda {lam:g}": Row("softclip", lam=lam) for lam in (0.5, 2.0)}
+ROWS |= {f"SoftCLIP, mu {mu:g}": Row("softclip", mu=mu) for mu in (0.25, 1.0)}
 
 SAVE_EVERY = 250  # steps between checkpoints: what a stopped run loses at most
 
@@ -105,10 +110,10 @@ def train_command(row: str, seed: int, args: argparse.Namespace, out: Path) -> l
     ]
     if loss.detach_targets is not None:
         command.append("--detach-targets" if loss.detach_targets else "--no-detach-targets")
-    if loss.roi_tag_align is not None:
-        command += ["--roi-tag-align", str(loss.roi_tag_align)]
-    if loss.beta is not None:
-        command += ["--beta", str(loss.beta)]
+    for switch in ("roi_tag_align", "beta", "lam", "mu"):
+        value = getattr(loss, switch)
+        if value is not None:
+            command += ["--" + switch.replace("_", "-"), str(value)]
     return command
 
 
@@ -220,6 +225,7 @@ def main() -> None:
         f"\nCommand: `{command}`\n"
     )
     print(text + footer)
+    args.out.mkdir(parents=True, exist_ok=True)  # --table-only may name a folder no run has made
     (args.out / "table.md").write_text(text + footer)
 
 
