@@ -13,17 +13,8 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from softclip.app.app import build_app, serve
+from softclip.app.browser import launch_chromium
 from softclip.app.demo import default_folder, served_checkpoint
-
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def main() -> None:
@@ -36,7 +27,7 @@ def main() -> None:
     app = serve(build_app(demo / "index", served_checkpoint(demo), demo / "export"), port=7861, block=False)
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            browser = launch_chromium(playwright)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(120_000)
             page.goto(app.local_url)

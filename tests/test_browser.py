@@ -1,15 +1,11 @@
 """The app in a real browser: Playwright drives Debian's Chromium (``/usr/bin/chromium``, never a downloaded
 one) through a text search, a picked result's heatmaps and an error message, and checks that the page asks
 nothing of any host but the app's own.
-
-Set ``SOFTCLIP_SCREENSHOT=docs/app.png`` to also save the screenshot for the README.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,19 +13,10 @@ from urllib.parse import urlparse
 import pytest
 from test_app import AppData, prepare_app_data, start
 
+from softclip.app.browser import CHROMIUM, launch_chromium
 from softclip.app.requests import Limits
 from softclip.app.state import AppState
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ENLARGED = 'button[aria-label="detailed view of selected image"]'  # Gradio's gallery in its single-image view
 TIMEOUT_MS = 60_000  # generous: a shared machine under load renders slowly
@@ -58,7 +45,7 @@ def other_hosts() -> list[str]:
 def page(url: str, other_hosts: list[str]) -> Iterator:
     app_host = urlparse(url).netloc
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
@@ -96,10 +83,6 @@ def test_search_pick_a_result_and_see_its_heatmaps(page, tmp_path: Path) -> None
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
     assert screenshot.read_bytes()[:8] == PNG_SIGNATURE
-    if os.environ.get("SOFTCLIP_SCREENSHOT"):
-        target = Path(os.environ["SOFTCLIP_SCREENSHOT"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(screenshot, target)
 
 
 def test_a_new_search_after_a_pick_opens_as_a_grid(page) -> None:
