@@ -67,6 +67,19 @@ def test_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
 
 
+def test_a_resumed_runs_log_holds_each_step_once(tmp_path: Path) -> None:
+    config = small_config(tmp_path, log_every=1, save_every=3)
+    assert Trainer(config).fit(until=5) is None
+    (tmp_path / "checkpoints" / "step_00000005.pt").unlink()  # killed after step 5: the last checkpoint is 3's
+    with open(tmp_path / "metrics.jsonl", "a") as log:
+        log.write('{"step": 6, "lr"')  # and in the middle of writing a record
+    Trainer(config, resume="latest").fit()
+    assert [r["step"] for r in records(tmp_path) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records(tmp_path) if r.get("event") == "resumed"] == [3]
+    Trainer(config).fit()  # a fresh run into the same folder starts a new log
+    assert [r["step"] for r in records(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
     assert Trainer(small_config(tmp_path)).fit(until=2) is None
     with pytest.raises(ValueError, match=r"step_00000002.pt belongs to a run with other settings \(lr: "):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -100,9 +101,12 @@ class Trainer:
         self.ddp_model = self._wrap_ddp()
         self.steps_per_epoch = len(self.dataset) // config.batch_size
         self.metrics_path = self.out / "metrics.jsonl"
-        self.tensorboard = tensorboard_writer(self.out / "tensorboard") if self.is_main else None
-        if resume:
-            self._resume(resume)
+        resumed_from = self._resume(resume) if resume else None
+        if self.is_main:
+            keep_log_until(self.metrics_path, self.step)
+        self.tensorboard = tensorboard_writer(self.out / "tensorboard", self.step) if self.is_main else None
+        if resumed_from:
+            self._log({"event": "resumed", "from": str(resumed_from), "step": self.step})
 
     def _guide_without_regions(self) -> None:
         """Captions without detector regions: soft targets from image-image and text-text similarity instead."""
@@ -155,10 +159,11 @@ class Trainer:
         unused = not loss.needs_roi_tag() or (loss.targets_detached and loss.align_weight == 0)
         return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
 
-    def _resume(self, resume: str) -> None:
+    def _resume(self, resume: str) -> Path | None:
+        """Load the checkpoint ``resume`` names ("latest": the newest in the run's folder); returns its path."""
         path = latest_checkpoint(self.out / "checkpoints") if resume == "latest" else Path(resume)
         if path is None:
-            return  # nothing to resume: a fresh run
+            return None  # nothing to resume: a fresh run
         state = torch.load(path, map_location=self.dist.device, weights_only=True)
         _check_resumable(state["config"], self.config, path)
         self.model.load_state_dict(state["model"])
@@ -167,7 +172,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         restore_rng(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
-        self._log({"event": "resumed", "from": str(path), "step": self.step})
+        return path
 
     def _loader(self) -> DataLoader:
         sampler = StepSampler(
@@ -337,13 +342,38 @@ def _check_resumable(saved: dict, config: TrainConfig, checkpoint: Path) -> None
         )
 
 
-def tensorboard_writer(folder: Path):
-    """A TensorBoard writer when the tensorboard package is installed, else None (metrics.jsonl has it all)."""
+def keep_log_until(metrics_path: Path, step: int) -> None:
+    """Drop the records past ``step`` from a run's log, so a resumed run's log reads as an uninterrupted one's.
+
+    They come from a sitting killed after its last checkpoint, whose later steps are trained again (a fresh
+    run, at step 0, starts a new log); a line cut short by the kill goes too.
+    """
+    if not metrics_path.exists():
+        return
+    kept = [line for line in metrics_path.read_text().splitlines() if _record_step(line) <= step]
+    tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, metrics_path)
+
+
+def _record_step(line: str) -> float:
+    """The step a log line records, infinite for a line that is not a whole record."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
+def tensorboard_writer(folder: Path, step: int):
+    """A TensorBoard writer when the tensorboard package is installed, else None (metrics.jsonl has it all).
+
+    It hides the events past ``step`` that an earlier sitting wrote, as ``keep_log_until`` drops them.
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(folder))
+    return SummaryWriter(str(folder), purge_step=step + 1)
 
 
 def train(config: TrainConfig, resume: str | None = None) -> Path:
