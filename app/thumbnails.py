@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
+from softclip.atomic import write_atomically
 from softclip.index.decode import decode_bytes, read_file
 
 THUMBNAIL_FORMAT = "webp"
@@ -44,10 +44,7 @@ def thumbnail_bytes(path: str, side: int, max_megapixels: float) -> bytes:
 def write_once(target: Path, data: bytes) -> None:
     """Write ``target`` atomically: readers see the whole file or none."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, staging = tempfile.mkstemp(dir=target.parent, prefix=".thumbnail-")
-    with os.fdopen(descriptor, "wb") as stream:
-        stream.write(data)
-    os.replace(staging, target)
+    write_atomically(target, lambda tmp: Path(tmp).write_bytes(data), durable=False)
 
 
 class ThumbnailFiles:

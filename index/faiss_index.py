@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from softclip.index.atomic import write_atomically
+from softclip.atomic import write_atomically
 
 if TYPE_CHECKING:
     import faiss

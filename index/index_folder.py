@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from softclip.atomic import write_json_atomically
 from softclip.index import faiss_index, ondisk
-from softclip.index.atomic import write_json_atomically
 from softclip.index.manifest import Manifest
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from softclip.index.atomic import write_atomically
+from softclip.atomic import write_atomically
 from softclip.index.build import DEFAULT_BATCH_SIZE, RunOptions
 from softclip.index.decode import (
     DEFAULT_MAX_MEGAPIXELS,

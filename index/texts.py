@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from softclip.atomic import write_json_atomically
 from softclip.index import faiss_index
-from softclip.index.atomic import write_json_atomically
 from softclip.index.index_folder import check_model, open_export_encoder, read_info
 from softclip.index.search import TextHit
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from softclip.atomic import write_atomically
 
 
 def rng_state() -> dict:
@@ -31,12 +32,8 @@ def restore_rng(state: dict) -> None:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """torch.save, atomically: a crash never leaves half a checkpoint."""
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def has_regions(dataset: Dataset, probe: int = 16) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from softclip.atomic import write_atomically
 from softclip.loss import LossConfig, SoftCLIPLoss
 from softclip.model import create_model
 from softclip.pretrained import from_pretrained
@@ -351,9 +351,8 @@ def keep_log_until(metrics_path: Path, step: int) -> None:
     if not metrics_path.exists():
         return
     kept = [line for line in metrics_path.read_text().splitlines() if _record_step(line) <= step]
-    tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, metrics_path)
+    text = "".join(f"{line}\n" for line in kept)
+    write_atomically(metrics_path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _record_step(line: str) -> float:

@@ -10,19 +10,25 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None], durable: bool = True) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    ``durable`` also fsyncs the file and its folder, so the new file survives a power cut as well as a
+    killed process; a cache that can be rebuilt (thumbnails) skips that cost.
+    """
     target = Path(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
     try:
         write(tmp)
-        _fsync_file(tmp)
+        if durable:
+            _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_folder(target.parent)
+    if durable:
+        _fsync_folder(target.parent)
 
 
 def write_json_atomically(path: str | os.PathLike, data: Any) -> None:
