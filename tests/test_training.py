@@ -80,6 +80,17 @@ def test_a_resumed_runs_log_holds_each_step_once(tmp_path: Path) -> None:
     assert [r["step"] for r in records(tmp_path)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_tensorboard_shows_a_resumed_runs_steps_once(tmp_path: Path) -> None:
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    config = small_config(tmp_path, log_every=1, save_every=3)
+    assert Trainer(config).fit(until=5) is None  # its events of steps 4 and 5 are flushed with the checkpoint
+    (tmp_path / "checkpoints" / "step_00000005.pt").unlink()  # killed after step 5: the last checkpoint is 3's
+    Trainer(config, resume="latest").fit()
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
     assert Trainer(small_config(tmp_path)).fit(until=2) is None
     with pytest.raises(ValueError, match=r"step_00000002.pt belongs to a run with other settings \(lr: "):

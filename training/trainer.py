@@ -301,12 +301,16 @@ class Trainer:
             },
             path,
         )
+        if self.tensorboard is not None:
+            self.tensorboard.flush()  # the events up to a checkpoint are on disk as long as it is
         return path
 
     def _finish(self) -> Path:
         final = self.out / "final"
         if self.is_main:
             save_pretrained(self.model, final)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.dist.world > 1:
             dist.barrier()
         return final
