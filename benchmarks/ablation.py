@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from softclip.atomic import write_json_atomically
 from softclip.training.checkpoints import checkpoint_step, latest_checkpoint
 
 
@@ -152,13 +153,19 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
         "metrics": metrics,
     }
     result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=2))
+    write_json_atomically(result_path, result)  # a half-written file would pass for a finished run
     print(
         f"done {row} seed {seed} in {result['seconds']:.0f}s: "
         + ", ".join(f"{k}={metrics[k]:.3f}" for k in METRICS if k in metrics),
         flush=True,
     )
     return result
+
+
+def finished_runs(args: argparse.Namespace) -> list[dict]:
+    """The kept results of this recipe for the rows and seeds asked for."""
+    results = [json.loads(path.read_text()) for path in sorted(args.results.glob("*.json"))]
+    return [r for r in results if r.get("recipe") == recipe(args) and r["row"] in args.rows and r["seed"] in args.seeds]
 
 
 def cell(runs: list[dict], metric: str) -> str:
@@ -202,13 +209,14 @@ def main() -> None:
         "--results", type=Path, help="folder of the per-run metrics (default OUT/runs); keep it to continue elsewhere"
     )
     parser.add_argument(
-        "--table-only", action="store_true", help="tabulate the finished runs of this recipe (--model, --steps, ...)"
+        "--table-only",
+        action="store_true",
+        help="tabulate the finished runs of this recipe (--model, --steps, ...), --rows and --seeds",
     )
     args = parser.parse_args()
     args.results = args.results or args.out / "runs"
     if args.table_only:
-        results = [json.loads(p.read_text()) for p in sorted(args.results.glob("*.json"))]
-        results = [r for r in results if r.get("recipe") == recipe(args)]
+        results = finished_runs(args)
     else:
         jobs = [(row, seed) for seed in args.seeds for row in args.rows]  # every row once before any second seed
         with ThreadPoolExecutor(args.parallel) as pool:

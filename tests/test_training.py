@@ -263,17 +263,24 @@ def test_train_options_left_out_keep_the_configs_defaults() -> None:
     assert config == TrainConfig(loss=loss, init_tokenizer="vocab/", evaluate=False, lr=1e-5)
 
 
-def test_every_ablation_row_trains_the_loss_it_names() -> None:
-    import argparse
+def load_ablation():
+    """benchmarks/ablation.py as a module (benchmarks are scripts, not a package)."""
     import importlib.util
-
-    from softclip.cli import build_parser
-    from softclip.cli.train import train_config
 
     path = Path(__file__).parents[1] / "benchmarks" / "ablation.py"
     spec = importlib.util.spec_from_file_location("ablation", path)
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
+    return ablation
+
+
+def test_every_ablation_row_trains_the_loss_it_names() -> None:
+    import argparse
+
+    from softclip.cli import build_parser
+    from softclip.cli.train import train_config
+
+    ablation = load_ablation()
     recipe = argparse.Namespace(model="tiny-vit", steps=3, batch_size=8, lr=1e-3, caption_noise=0.0)
     assert len({ablation.slug(name) for name in ablation.ROWS}) == len(ablation.ROWS)  # one result file per row
     for name, row in ablation.ROWS.items():
@@ -281,3 +288,19 @@ def test_every_ablation_row_trains_the_loss_it_names() -> None:
         loss = train_config(build_parser().parse_args(command[command.index("train") :])).loss
         for field, expected in row._asdict().items():
             assert getattr(loss, field) == (getattr(LossConfig(), field) if expected is None else expected), name
+
+
+def test_the_ablation_table_holds_the_recipe_rows_and_seeds_asked_for(tmp_path: Path) -> None:
+    import argparse
+
+    ablation = load_ablation()
+    args = argparse.Namespace(
+        model="tiny-vit", steps=3, batch_size=8, lr=1e-3, caption_noise=0.0, results=tmp_path, rows=["CLIP"], seeds=[0]
+    )
+    other_recipe = argparse.Namespace(**(vars(args) | {"steps": 4}))
+    for row, seed, recipe_args in [("CLIP", 0, args), ("CLIP", 1, args), ("CLIP + soft loss", 0, args)]:
+        result = {"row": row, "seed": seed, "recipe": ablation.recipe(recipe_args), "seconds": 1, "metrics": {}}
+        (tmp_path / f"{ablation.slug(row)}-seed{seed}.json").write_text(json.dumps(result))
+    stale = {"row": "CLIP", "seed": 0, "recipe": ablation.recipe(other_recipe), "seconds": 1, "metrics": {}}
+    (tmp_path / "clip-seed0-other-recipe.json").write_text(json.dumps(stale))
+    assert [(r["row"], r["seed"], r["recipe"]["steps"]) for r in ablation.finished_runs(args)] == [("CLIP", 0, 3)]
