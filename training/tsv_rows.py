@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from softclip.atomic import write_atomically
 
 _KEY_READ = 256  # bytes read at a row's start to find its key
 
@@ -75,12 +76,11 @@ def load_offsets(tsv: Path) -> tuple[np.ndarray, bool]:
 
 
 def _save_offsets(index: Path, offsets: np.ndarray) -> None:
-    temporary = index.with_name(f"{index.name}.{os.getpid()}.tmp")  # ranks building it at once do not collide
-    try:
-        temporary.write_text("".join(f"{offset}\n" for offset in offsets.tolist()))
-        temporary.replace(index)
+    text = "".join(f"{offset}\n" for offset in offsets.tolist())
+    try:  # each rank building it at once writes its own temporary file
+        write_atomically(index, lambda tmp: Path(tmp).write_text(text))
     except OSError:
-        temporary.unlink(missing_ok=True)  # a read-only folder: the index lives in memory only
+        pass  # a read-only folder: the index lives in memory only
 
 
 class TsvRows:
