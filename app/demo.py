@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from softclip.atomic import write_atomically
+from softclip.atomic import write_text_atomically
 
 GALLERY_SEED = 7  # test-split scenes, not seen in training (the train split uses its own seed)
 SHIPPED_MODEL = Path(__file__).parent / "demo_model"
@@ -129,8 +129,7 @@ def render_gallery(config: DemoConfig) -> tuple[Path, Path]:
         sample.image.save(gallery / f"scene-{i:05d}.png")
         lines.update(sample.clean_captions)
         lines.update(tag.strip() for tag in sample.tags.split(","))
-    text = "\n".join(sorted(lines)) + "\n"
-    write_atomically(texts, lambda tmp: Path(tmp).write_text(text))  # written last: the gallery is complete
+    write_text_atomically(texts, "\n".join(sorted(lines)) + "\n")  # written last: the gallery is complete
     return gallery, texts
 
 

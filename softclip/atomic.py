@@ -31,10 +31,14 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None], dura
         _fsync_folder(target.parent)
 
 
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """``text`` as UTF-8, written atomically."""
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def write_json_atomically(path: str | os.PathLike, data: Any) -> None:
     """``data`` as indented JSON, written atomically."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _fsync_file(path: str) -> None:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from softclip.atomic import write_atomically
+from softclip.atomic import write_text_atomically
 from softclip.loss import LossConfig, SoftCLIPLoss
 from softclip.model import create_model
 from softclip.pretrained import from_pretrained
@@ -355,8 +355,7 @@ def keep_log_until(metrics_path: Path, step: int) -> None:
     if not metrics_path.exists():
         return
     kept = [line for line in metrics_path.read_text().splitlines() if _record_step(line) <= step]
-    text = "".join(f"{line}\n" for line in kept)
-    write_atomically(metrics_path, lambda tmp: Path(tmp).write_text(text))
+    write_text_atomically(metrics_path, "".join(f"{line}\n" for line in kept))
 
 
 def _record_step(line: str) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softclip.atomic import write_atomically
+from softclip.atomic import write_text_atomically
 
 _KEY_READ = 256  # bytes read at a row's start to find its key
 
@@ -76,9 +76,8 @@ def load_offsets(tsv: Path) -> tuple[np.ndarray, bool]:
 
 
 def _save_offsets(index: Path, offsets: np.ndarray) -> None:
-    text = "".join(f"{offset}\n" for offset in offsets.tolist())
     try:  # each rank building it at once writes its own temporary file
-        write_atomically(index, lambda tmp: Path(tmp).write_text(text))
+        write_text_atomically(index, "".join(f"{offset}\n" for offset in offsets.tolist()))
     except OSError:
         pass  # a read-only folder: the index lives in memory only
 
