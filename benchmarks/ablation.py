@@ -128,10 +128,21 @@ def recipe(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in ("model", "steps", "batch_size", "lr", "caption_noise")}
 
 
+def kept_result(result_path: Path, args: argparse.Namespace) -> dict:
+    """A finished run's result, reused only for the same recipe (file names do not carry the recipe)."""
+    result = json.loads(result_path.read_text())
+    if result.get("recipe") != recipe(args):
+        raise ValueError(
+            f"{result_path} holds a run of another recipe ({result.get('recipe')}, not {recipe(args)}); "
+            "name another --results folder"
+        )
+    return result
+
+
 def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:
     result_path = args.results / f"{slug(row)}-seed{seed}.json"
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        return kept_result(result_path, args)
     work = args.out / "work" / f"{slug(row)}-seed{seed}"
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
     checkpoint = latest_checkpoint(work / "checkpoints")

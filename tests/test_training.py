@@ -304,3 +304,17 @@ def test_the_ablation_table_holds_the_recipe_rows_and_seeds_asked_for(tmp_path: 
     stale = {"row": "CLIP", "seed": 0, "recipe": ablation.recipe(other_recipe), "seconds": 1, "metrics": {}}
     (tmp_path / "clip-seed0-other-recipe.json").write_text(json.dumps(stale))
     assert [(r["row"], r["seed"], r["recipe"]["steps"]) for r in ablation.finished_runs(args)] == [("CLIP", 0, 3)]
+
+
+def test_an_ablation_run_reuses_a_kept_result_of_its_own_recipe_only(tmp_path: Path) -> None:
+    import argparse
+
+    ablation = load_ablation()
+    args = argparse.Namespace(
+        model="tiny-vit", steps=3, batch_size=8, lr=1e-3, caption_noise=0.0, results=tmp_path, out=tmp_path / "out"
+    )
+    kept = {"row": "CLIP", "seed": 0, "recipe": ablation.recipe(args), "seconds": 1, "metrics": {"i2t_r1": 0.5}}
+    (tmp_path / "clip-seed0.json").write_text(json.dumps(kept))
+    assert ablation.run_one("CLIP", 0, args) == kept  # finished: not trained again
+    with pytest.raises(ValueError, match="another recipe"):
+        ablation.run_one("CLIP", 0, argparse.Namespace(**(vars(args) | {"steps": 4})))
